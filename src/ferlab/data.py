@@ -1,0 +1,282 @@
+"""Find images in a folder-per-class tree, decode them once, split them, serve batches.
+
+Images are decoded a single time, centre-cropped to a square and resized to the training
+size, and then held as one uint8 tensor (N, 3, S, S). Batches are cut from that tensor, so
+an epoch costs no JPEG decoding; augmentation runs on the batch (see `augment.py`).
+A file that cannot be read is skipped and reported with its reason, never fatal.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "DataError",
+    "ImageSet",
+    "LabelledFiles",
+    "SkippedFile",
+    "batches",
+    "decode_images",
+    "discover",
+    "list_images",
+    "load_image",
+    "read_split",
+    "stratified_split",
+    "write_split",
+]
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+
+# A decompression-bomb guard that still admits large photos (PIL's default warns at 89 MP).
+Image.MAX_IMAGE_PIXELS = 200_000_000
+
+
+class DataError(ValueError):
+    """The data cannot be used as given; the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    path: Path
+    reason: str
+
+
+@dataclass(frozen=True)
+class LabelledFiles:
+    """Image files with integer labels into `class_names`, plus what was set aside."""
+
+    class_names: tuple[str, ...]
+    paths: tuple[Path, ...]
+    labels: tuple[int, ...]
+    skipped: tuple[SkippedFile, ...] = ()
+
+    def counts(self) -> dict[str, int]:
+        """Images per class, in class order."""
+        tally = np.bincount(np.asarray(self.labels, dtype=np.int64), minlength=len(self.class_names))
+        return {name: int(n) for name, n in zip(self.class_names, tally, strict=True)}
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """Decoded images ready for batching: uint8 (N, 3, S, S), int64 labels (N,)."""
+
+    class_names: tuple[str, ...]
+    paths: tuple[Path, ...]
+    images: torch.Tensor
+    labels: torch.Tensor
+    skipped: tuple[SkippedFile, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def subset(self, indices: Sequence[int]) -> ImageSet:
+        index = torch.as_tensor(list(indices), dtype=torch.long)
+        return ImageSet(
+            class_names=self.class_names,
+            paths=tuple(self.paths[i] for i in indices),
+            images=self.images[index],
+            labels=self.labels[index],
+            skipped=(),
+        )
+
+    def counts(self) -> dict[str, int]:
+        tally = torch.bincount(self.labels, minlength=len(self.class_names))
+        return {name: int(n) for name, n in zip(self.class_names, tally.tolist(), strict=True)}
+
+
+def list_images(folder: Path) -> tuple[list[Path], list[SkippedFile]]:
+    """Image files below `folder` (sorted, recursive) and the other files found there.
+
+    Hidden files (`.DS_Store` and the like) are neither listed nor reported.
+    """
+    images: list[Path] = []
+    others: list[SkippedFile] = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        if any(part.startswith(".") for part in path.relative_to(folder).parts):
+            continue
+        if path.suffix.lower() in IMAGE_EXTENSIONS:
+            images.append(path)
+        else:
+            others.append(SkippedFile(path, f"not an image file extension ({path.suffix or 'none'})"))
+    return images, others
+
+
+def discover(root: Path, classes: Sequence[str] | None = None) -> LabelledFiles:
+    """List the images of a folder-per-class tree; class names are folder names, sorted."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"data folder {str(root)!r} does not exist or is not a folder")
+    folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise DataError(
+            f"{str(root)!r} has no class folders; expected one sub-folder per class, "
+            "e.g. DATA/happy/*.jpg, DATA/sad/*.jpg"
+        )
+    if classes:
+        missing = [c for c in classes if c not in folders]
+        if missing:
+            raise DataError(f"class folder(s) {missing} not found in {str(root)!r}; found {folders}")
+        folders = sorted(classes)
+    if len(folders) < 2:
+        raise DataError(f"need at least two classes to train a classifier; {str(root)!r} has {folders}")
+    paths: list[Path] = []
+    labels: list[int] = []
+    skipped: list[SkippedFile] = []
+    for label, name in enumerate(folders):
+        found, others = list_images(root / name)
+        if not found:
+            raise DataError(f"class {name!r} has no image files in {str(root / name)!r}")
+        paths.extend(found)
+        labels.extend([label] * len(found))
+        skipped.extend(others)
+    return LabelledFiles(tuple(folders), tuple(paths), tuple(labels), tuple(skipped))
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode as 8-bit RGB; 16/32-bit and float images are rescaled, not clipped."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        if image.mode.startswith("I;16") or (image.mode == "I" and array.max() <= 65535):
+            scale = 255.0 / 65535.0
+        else:
+            low, high = float(array.min()), float(array.max())
+            array = array - low
+            scale = 255.0 / (high - low) if high > low else 0.0
+        image = Image.fromarray(np.clip(array * scale + 0.5, 0, 255).astype(np.uint8), mode="L")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    return image.convert("RGB")
+
+
+def load_image(path: Path, image_size: int) -> np.ndarray:
+    """Decode one file to uint8 (S, S, 3): EXIF-rotated, RGB, centre-cropped square, resized.
+
+    Raises OSError/ValueError (PIL's own) for unreadable or truncated files.
+    """
+    with Image.open(path) as image:
+        image.load()  # forces a full decode, so truncated files fail here and not mid-epoch
+        image = ImageOps.exif_transpose(image) or image
+        rgb = _to_rgb(image)
+    square = ImageOps.fit(rgb, (image_size, image_size), Image.Resampling.BILINEAR)
+    return np.asarray(square, dtype=np.uint8)
+
+
+def _try_load(path: Path, image_size: int) -> np.ndarray | str:
+    try:
+        return load_image(path, image_size)
+    except UnidentifiedImageError:
+        return "not a readable image (unknown format or not an image at all)"
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        return f"unreadable image: {error}"
+
+
+def _default_workers() -> int:
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def decode_images(
+    files: LabelledFiles, image_size: int, workers: int = 0, progress: bool = False
+) -> ImageSet:
+    """Decode every file once; failures become `SkippedFile`s and the rest an `ImageSet`."""
+    workers = workers or _default_workers()
+    images = torch.empty((len(files.paths), 3, image_size, image_size), dtype=torch.uint8)
+    keep: list[int] = []
+    skipped = list(files.skipped)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = pool.map(lambda p: _try_load(p, image_size), files.paths)
+        if progress:
+            from tqdm import tqdm
+
+            results = tqdm(results, total=len(files.paths), desc="decoding images", leave=False)
+        for index, result in enumerate(results):
+            if isinstance(result, str):
+                skipped.append(SkippedFile(files.paths[index], result))
+                continue
+            images[len(keep)] = torch.from_numpy(result).permute(2, 0, 1)  # HWC -> CHW
+            keep.append(index)
+    decoded = ImageSet(
+        class_names=files.class_names,
+        paths=tuple(files.paths[i] for i in keep),
+        images=images[: len(keep)].clone(),
+        labels=torch.as_tensor([files.labels[i] for i in keep], dtype=torch.long),
+        skipped=tuple(skipped),
+    )
+    empty = [name for name, n in decoded.counts().items() if n == 0]
+    if empty:
+        raise DataError(
+            f"class(es) {empty} have no readable images; every file there was skipped: "
+            + "; ".join(f"{s.path.name}: {s.reason}" for s in skipped[:5])
+        )
+    return decoded
+
+
+def stratified_split(
+    labels: Sequence[int], valid_fraction: float, seed: int
+) -> tuple[list[int], list[int]]:
+    """Seeded split keeping each class's share: (train indices, valid indices), both sorted."""
+    if not 0.0 < valid_fraction < 1.0:
+        raise DataError(f"--valid-fraction must lie between 0 and 1, got {valid_fraction}")
+    rng = np.random.default_rng(seed)
+    label_array = np.asarray(labels)
+    train: list[int] = []
+    valid: list[int] = []
+    for label in np.unique(label_array):
+        members = np.flatnonzero(label_array == label)
+        rng.shuffle(members)
+        n_valid = round(len(members) * valid_fraction)
+        if len(members) >= 2:
+            n_valid = min(max(n_valid, 1), len(members) - 1)  # both sides see every class
+        valid.extend(members[:n_valid].tolist())
+        train.extend(members[n_valid:].tolist())
+    return sorted(train), sorted(valid)
+
+
+def write_split(path: Path, images: ImageSet, train: Sequence[int], valid: Sequence[int]) -> None:
+    """split.csv: one row per image with its class and which side it fell on."""
+    side = {i: "train" for i in train} | {i: "valid" for i in valid}
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "label", "split"])
+        for index in sorted(side):
+            label = images.class_names[int(images.labels[index])]
+            writer.writerow([str(images.paths[index]), label, side[index]])
+
+
+def read_split(path: Path, images: ImageSet) -> tuple[list[int], list[int]]:
+    """Reproduce a saved split on freshly decoded images (matched by path)."""
+    position = {str(p): i for i, p in enumerate(images.paths)}
+    train: list[int] = []
+    valid: list[int] = []
+    missing = 0
+    with open(path, newline="") as handle:
+        for row in csv.DictReader(handle):
+            index = position.get(row["path"])
+            if index is None:
+                missing += 1
+                continue
+            (valid if row["split"] == "valid" else train).append(index)
+    if not train or not valid:
+        raise DataError(
+            f"split file {str(path)!r} matches none of the images found "
+            f"({missing} rows unmatched); was it written for this data folder?"
+        )
+    return sorted(train), sorted(valid)
+
+
+def batches(
+    size: int, batch_size: int, shuffle: bool, generator: torch.Generator | None = None
+) -> Iterator[torch.Tensor]:
+    """Index batches over `size` items; shuffled with `generator` when asked."""
+    order = torch.randperm(size, generator=generator) if shuffle else torch.arange(size)
+    for start in range(0, size, batch_size):
+        yield order[start : start + batch_size]
