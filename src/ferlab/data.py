@@ -28,6 +28,7 @@ __all__ = [
     "batches",
     "decode_images",
     "discover",
+    "discover_for_model",
     "list_images",
     "load_image",
     "read_split",
@@ -142,6 +143,39 @@ def discover(root: Path, classes: Sequence[str] | None = None) -> LabelledFiles:
     return LabelledFiles(tuple(folders), tuple(paths), tuple(labels), tuple(skipped))
 
 
+def discover_for_model(root: Path, class_names: Sequence[str]) -> LabelledFiles:
+    """Images of the class folders under `root` that a model knows, labelled in its order.
+
+    A folder may hold a subset of the model's classes (support 0 for the rest); folders the
+    model does not know are reported as skipped, since their images cannot be scored.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"data folder {str(root)!r} does not exist or is not a folder")
+    folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    known = [name for name in class_names if name in folders]
+    if not known:
+        raise DataError(
+            f"{str(root)!r} has none of the model's class folders {list(class_names)}; "
+            f"found {folders}"
+        )
+    paths: list[Path] = []
+    labels: list[int] = []
+    skipped = [
+        SkippedFile(root / name, "class folder unknown to the model")
+        for name in folders
+        if name not in class_names
+    ]
+    for name in known:
+        found, others = list_images(root / name)
+        paths.extend(found)
+        labels.extend([class_names.index(name)] * len(found))
+        skipped.extend(others)
+    if not paths:
+        raise DataError(f"no image files under the class folders of {str(root)!r}")
+    return LabelledFiles(tuple(class_names), tuple(paths), tuple(labels), tuple(skipped))
+
+
 def _to_rgb(image: Image.Image) -> Image.Image:
     """Any PIL mode as 8-bit RGB; 16/32-bit and float images are rescaled, not clipped."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
@@ -185,9 +219,17 @@ def _default_workers() -> int:
 
 
 def decode_images(
-    files: LabelledFiles, image_size: int, workers: int = 0, progress: bool = False
+    files: LabelledFiles,
+    image_size: int,
+    workers: int = 0,
+    progress: bool = False,
+    require_every_class: bool = True,
 ) -> ImageSet:
-    """Decode every file once; failures become `SkippedFile`s and the rest an `ImageSet`."""
+    """Decode every file once; failures become `SkippedFile`s and the rest an `ImageSet`.
+
+    With `require_every_class`, a class whose files were all unreadable is an error (training
+    needs examples of every class); evaluation passes False.
+    """
     workers = workers or _default_workers()
     images = torch.empty((len(files.paths), 3, image_size, image_size), dtype=torch.uint8)
     keep: list[int] = []
@@ -202,7 +244,7 @@ def decode_images(
             if isinstance(result, str):
                 skipped.append(SkippedFile(files.paths[index], result))
                 continue
-            images[len(keep)] = torch.from_numpy(result).permute(2, 0, 1)  # HWC -> CHW
+            images[len(keep)] = torch.from_numpy(np.array(result)).permute(2, 0, 1)  # HWC -> CHW
             keep.append(index)
     decoded = ImageSet(
         class_names=files.class_names,
@@ -212,7 +254,9 @@ def decode_images(
         skipped=tuple(skipped),
     )
     empty = [name for name, n in decoded.counts().items() if n == 0]
-    if empty:
+    if not len(decoded):
+        raise DataError("no readable images: " + "; ".join(f"{s.path.name}: {s.reason}" for s in skipped[:5]))
+    if empty and require_every_class:
         raise DataError(
             f"class(es) {empty} have no readable images; every file there was skipped: "
             + "; ".join(f"{s.path.name}: {s.reason}" for s in skipped[:5])
@@ -241,15 +285,14 @@ def stratified_split(
     return sorted(train), sorted(valid)
 
 
-def write_split(path: Path, images: ImageSet, train: Sequence[int], valid: Sequence[int]) -> None:
+def write_split(path: Path, train: ImageSet, valid: ImageSet) -> None:
     """split.csv: one row per image with its class and which side it fell on."""
-    side = {i: "train" for i in train} | {i: "valid" for i in valid}
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", "label", "split"])
-        for index in sorted(side):
-            label = images.class_names[int(images.labels[index])]
-            writer.writerow([str(images.paths[index]), label, side[index]])
+        for side, images in (("train", train), ("valid", valid)):
+            for image_path, label in zip(images.paths, images.labels.tolist(), strict=True):
+                writer.writerow([str(image_path), images.class_names[label], side])
 
 
 def read_split(path: Path, images: ImageSet) -> tuple[list[int], list[int]]:

@@ -1,0 +1,333 @@
+"""The `ferlab` command: argument parsing and printing only; the work is in the modules."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import io
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main"]
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def _echo(message: str) -> None:
+    print(message, flush=True)
+
+
+def _timestamp() -> str:
+    return time.strftime("%Y%m%d-%H%M%S")
+
+
+def _add_data_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("data")
+    group.add_argument("--classes", help="comma-separated class folders to use, e.g. angry,happy,neutral,sad,surprise")
+    group.add_argument("--valid-fraction", type=float, default=0.2, help="share held out for validation (default 0.2)")
+    group.add_argument("--valid", type=Path, help="an explicit validation folder instead of a random split")
+    group.add_argument("--test", type=Path, help="a test folder, evaluated once at the end with the best checkpoint")
+    group.add_argument("--split-file", type=Path, help="reuse the split.csv of an earlier run")
+    group.add_argument("--image-size", type=int, default=224, help="input size in pixels (default 224, the study's)")
+    group.add_argument("--batch-size", type=int, default=64, help="default 64, the study's")
+    group.add_argument("--workers", type=int, default=0, help="image decoding threads (0 = one per core)")
+    aug = parser.add_argument_group("augmentation (the study's fastai aug_transforms)")
+    aug.add_argument("--no-augment", action="store_true", help="turn every augmentation off")
+    aug.add_argument("--no-flip", action="store_true", help="no horizontal flips")
+    aug.add_argument("--flip-vertical", action="store_true", help="also flip vertically (the study did)")
+    aug.add_argument("--max-rotate", type=float, default=10.0, help="degrees (default 10)")
+    aug.add_argument("--max-zoom", type=float, default=1.1, help="default 1.1")
+    aug.add_argument("--max-warp", type=float, default=0.2, help="perspective warp (default 0.2)")
+    aug.add_argument("--max-lighting", type=float, default=0.2, help="brightness/contrast (default 0.2)")
+
+
+def _add_training_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("training")
+    group.add_argument("--pretrained", default="auto",
+                       help="auto (must find ImageNet weights), if-available, none (from scratch), or PATH to a state dict")
+    group.add_argument("--freeze-epochs", type=int, default=1, help="epochs with the body frozen (default 1)")
+    group.add_argument("--epochs", type=int, default=3, help="unfrozen epochs (default 3, the study's)")
+    group.add_argument("--lr", type=float, default=2e-3, help="peak learning rate of the head (default 2e-3)")
+    group.add_argument("--patience", type=int, default=3, help="early stopping patience in epochs (default 3)")
+    group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    group.add_argument("--seed", type=int, default=42)
+    group.add_argument("--out", type=Path, help="run folder (default runs/<timestamp>-<arch>)")
+    group.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ferlab", description="Facial expression recognition by transfer learning."
+    )
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    train = commands.add_parser("train", help="train one architecture on a folder-per-class data set")
+    train.add_argument("data", type=Path, nargs="?", help="folder with one sub-folder per class")
+    train.add_argument("--arch", default="auto", help="architecture (see `ferlab archs`); auto = best with weights here")
+    train.add_argument("--show-model", action="store_true", help="print the module tree")
+    train.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run")
+    _add_data_options(train)
+    _add_training_options(train)
+
+    compare = commands.add_parser("compare", help="train several architectures on the same split")
+    compare.add_argument("data", type=Path)
+    compare.add_argument("--arch", nargs="+", default=["resnet34", "vgg19_bn"], help="default: the study's two")
+    _add_data_options(compare)
+    _add_training_options(compare)
+
+    evaluate = commands.add_parser("evaluate", help="score a saved model on a labelled folder")
+    evaluate.add_argument("model", type=Path, help="run folder or model.safetensors")
+    evaluate.add_argument("data", type=Path, help="folder with one sub-folder per class")
+    evaluate.add_argument("--format", choices=("table", "json"), default="table")
+    evaluate.add_argument("--out", type=Path, help="also write metrics.json and confusion_matrix.png here")
+    evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--batch-size", type=int, default=128)
+
+    predict = commands.add_parser("predict", help="label face images with per-class probabilities")
+    predict.add_argument("model", type=Path, help="run folder or model.safetensors")
+    predict.add_argument("inputs", type=Path, nargs="+", help="image files or folders")
+    predict.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    predict.add_argument("--device", default="auto")
+    predict.add_argument("--batch-size", type=int, default=64)
+
+    archs = commands.add_parser("archs", help="list architectures and where their weights are")
+    archs.add_argument("--format", choices=("table", "json"), default="table")
+
+    demo = commands.add_parser("demo", help="compare two architectures on a generated data set (a few minutes)")
+    demo.add_argument("--out", type=Path, default=Path("ferlab-demo"), help="default ./ferlab-demo")
+    demo.add_argument("--per-class", type=int, default=80, help="images per expression (default 80)")
+    return parser
+
+
+def _augment_config(args: argparse.Namespace) -> Any:
+    from ferlab.config import AugmentConfig
+
+    return AugmentConfig(
+        enabled=not args.no_augment,
+        flip_horizontal=not args.no_flip,
+        flip_vertical=args.flip_vertical,
+        max_rotate=args.max_rotate,
+        max_zoom=args.max_zoom,
+        max_warp=args.max_warp,
+        max_lighting=args.max_lighting,
+    )
+
+
+def _run_config(args: argparse.Namespace, arch: str, out_dir: Path) -> Any:
+    from ferlab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+
+    classes = tuple(c.strip() for c in args.classes.split(",") if c.strip()) if args.classes else None
+    return RunConfig(
+        data=DataConfig(
+            root=args.data, classes=classes, valid_fraction=args.valid_fraction,
+            valid_dir=args.valid, test_dir=args.test, split_file=args.split_file,
+            image_size=args.image_size, batch_size=args.batch_size, workers=args.workers,
+        ),
+        out_dir=out_dir,
+        model=ModelConfig(arch=arch, pretrained=args.pretrained),
+        train=TrainConfig(
+            freeze_epochs=args.freeze_epochs, epochs=args.epochs, lr=args.lr,
+            patience=args.patience, device=args.device, seed=args.seed,
+        ),
+        augment=_augment_config(args),
+    )
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from ferlab.config import config_from_dict
+    from ferlab.experiment import prepare_data, train_run
+    from ferlab.weights import default_architecture
+
+    progress = not args.no_progress
+    if args.resume is not None:
+        config_file = args.resume / "config.json"
+        if not (args.resume / "resume.json").is_file() or not config_file.is_file():
+            raise FileNotFoundError(f"{str(args.resume)!r} is not an interrupted ferlab run (no resume.json/config.json)")
+        config = config_from_dict(json.loads(config_file.read_text()))
+        config = dataclasses.replace(
+            config, out_dir=args.resume,
+            data=dataclasses.replace(config.data, split_file=None if config.data.valid_dir else args.resume / "split.csv"),
+        )
+        data = prepare_data(config, _echo, progress)
+        train_run(config, data, _echo, progress, resume=True, show_model=args.show_model)
+        return 0
+    if args.data is None:
+        raise ValueError("give the data folder: ferlab train DATA (or --resume RUN_DIR)")
+    arch = default_architecture() if args.arch == "auto" else args.arch
+    from ferlab.models import get_architecture
+
+    get_architecture(arch)
+    config = _run_config(args, arch, args.out or Path("runs") / f"{_timestamp()}-{arch}")
+    _echo(f"run folder: {config.out_dir}")
+    data = prepare_data(config, _echo, progress)
+    train_run(config, data, _echo, progress, show_model=args.show_model)
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from ferlab.experiment import compare_runs
+
+    config = _run_config(args, args.arch[0], args.out or Path("runs") / f"{_timestamp()}-compare")
+    _, report = compare_runs(config, args.arch, _echo, not args.no_progress)
+    _echo(f"comparison: {report}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from ferlab.checkpoint import load_model
+    from ferlab.data import decode_images, discover_for_model
+    from ferlab.evaluate import evaluate, summarize
+    from ferlab.report import plot_confusion
+    from ferlab.train import pick_device
+
+    device = pick_device(args.device)
+    model, card = load_model(args.model, device)
+    files = discover_for_model(args.data, card.class_names)
+    images = decode_images(files, card.image_size, require_every_class=False)
+    metrics = summarize(evaluate(model, images, card.mean, card.std, device, args.data.name, args.batch_size))
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        plot_confusion(metrics["confusion_matrix"], card.class_names, args.out / "confusion_matrix.png")
+    if args.format == "json":
+        print(json.dumps(metrics, indent=2))
+        return 0
+    _echo(f"{metrics['images']} images: accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}, loss {metrics['loss']:.4f}")
+    _echo(f"{'class':<12} {'precision':>9} {'recall':>7} {'f1':>7} {'support':>8}")
+    for name, row in metrics["per_class"].items():
+        _echo(f"{name:<12} {row['precision']:>9.3f} {row['recall']:>7.3f} {row['f1']:>7.3f} {row['support']:>8}")
+    for skipped in metrics["skipped"]:
+        _echo(f"skipped {skipped['path']}: {skipped['reason']}")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from ferlab.predict import Predictor
+
+    predictor = Predictor.load(args.model, args.device)
+    predictions = predictor.predict_files(args.inputs, args.batch_size)
+    names = predictor.class_names
+    if args.format == "json":
+        print(json.dumps([p.to_json() for p in predictions], indent=2))
+    elif args.format == "csv":
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["path", "label", *names, "error"])
+        for p in predictions:
+            writer.writerow([p.path, p.label or "", *(f"{p.scores[n]:.6f}" if p.scores else "" for n in names), p.error or ""])
+        sys.stdout.write(buffer.getvalue())
+    else:
+        width = max([len(p.path) for p in predictions] + [4])
+        print(f"{'path':<{width}}  {'label':<10}  " + "  ".join(f"{n[:8]:>8}" for n in names))
+        for p in predictions:
+            if p.error:
+                print(f"{p.path:<{width}}  error: {p.error}")
+            else:
+                print(f"{p.path:<{width}}  {p.label:<10}  " + "  ".join(f"{p.scores[n]:>8.3f}" for n in names))
+    return 0 if any(p.error is None for p in predictions) else 1
+
+
+def _cmd_archs(args: argparse.Namespace) -> int:
+    from ferlab.models import ARCHITECTURES, build_model, count_parameters
+    from ferlab.weights import default_architecture, find_weights, how_to_get
+
+    rows = []
+    for arch in ARCHITECTURES.values():
+        source = find_weights(arch)
+        rows.append({
+            "arch": arch.name,
+            "parameters": count_parameters(build_model(arch.name, 5)),
+            "imagenet_top1": arch.imagenet_top1,
+            "in_study": arch.in_study,
+            "weights": f"{source.kind}: {source.location}" if source else None,
+            "how_to_get": None if source else how_to_get(arch),
+        })
+    if args.format == "json":
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'architecture':<20} {'params (5 classes)':>18} {'ImageNet top-1':>14}  weights on this machine")
+    for row in rows:
+        mark = " (study)" if row["in_study"] else ""
+        where = row["weights"] or "not found: " + str(row["how_to_get"])
+        print(f"{row['arch'] + mark:<20} {row['parameters'] / 1e6:>16.1f} M {row['imagenet_top1']:>13.2f}%  {where}")
+    print(f"\ndefault architecture here: {default_architecture()}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from ferlab.config import AugmentConfig, DataConfig, ModelConfig, RunConfig, TrainConfig
+    from ferlab.experiment import compare_runs
+    from ferlab.synthetic import generate_dataset
+    from ferlab.weights import available_architectures
+
+    data_dir = args.out / "data"
+    if not data_dir.is_dir():
+        _echo(f"drawing {args.per_class} synthetic faces per expression into {data_dir}")
+        generate_dataset(data_dir, args.per_class, image_size=64, seed=0)
+    # The two cheapest architectures that have ImageNet weights here; resnet18 from scratch
+    # fills in when fewer are installed (and the report says so).
+    cheap_first = ["efficientnet_lite0", "mobilenet_v2", "resnet18", "efficientnet_lite1"]
+    have = {arch.name for arch, _ in available_architectures()}
+    archs = [a for a in cheap_first if a in have][:2]
+    archs += [a for a in ("resnet18", "mobilenet_v2") if a not in archs][: 2 - len(archs)]
+    config = RunConfig(
+        data=DataConfig(root=data_dir, image_size=64, batch_size=32),
+        out_dir=args.out / f"compare-{_timestamp()}",
+        model=ModelConfig(pretrained="if-available"),
+        train=TrainConfig(freeze_epochs=1, epochs=3, lr=3e-3),
+        augment=AugmentConfig(),
+    )
+    _echo(f"comparing {', '.join(archs)} on {data_dir} (64x64 px, 1 frozen + 3 unfrozen epochs)")
+    _, report = compare_runs(config, archs, _echo, progress=True)
+    _echo(f"\ndemo finished; open the comparison in a browser: {report.resolve()}")
+    return 0
+
+
+COMMANDS = {
+    "train": _cmd_train,
+    "compare": _cmd_compare,
+    "evaluate": _cmd_evaluate,
+    "predict": _cmd_predict,
+    "archs": _cmd_archs,
+    "demo": _cmd_demo,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from ferlab._version import __version__
+
+        print(__version__)
+        return 0
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    from ferlab.data import DataError
+    from ferlab.experiment import TrainingInterrupted
+    from ferlab.models import UnknownArchitecture
+    from ferlab.weights import WeightsError, WeightsUnavailable
+
+    try:
+        return COMMANDS[args.command](args)
+    except TrainingInterrupted as error:
+        print(f"interrupted: {error}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (DataError, UnknownArchitecture, WeightsError, WeightsUnavailable, FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,369 @@
+"""Orchestration: data -> model -> fit -> evaluate the best checkpoint -> artefacts.
+
+`prepare_data` decodes and splits once; `train_run` trains one architecture on it and writes
+the run folder; `compare_runs` trains several on the same split and writes compare.html.
+Each returns its results as data; messages go through the `echo` callable the caller passes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from ferlab._version import __version__
+from ferlab.augment import augment_batch
+from ferlab.checkpoint import ModelCard, save_model
+from ferlab.config import RunConfig, config_to_dict
+from ferlab.data import (
+    DataError,
+    ImageSet,
+    decode_images,
+    discover,
+    read_split,
+    stratified_split,
+    write_split,
+)
+from ferlab.evaluate import Evaluation, compare_errors, evaluate, summarize, top_losses
+from ferlab.models import FerNet, build_model, count_parameters, get_architecture
+from ferlab.report import (
+    RunReport,
+    epoch_table_header,
+    format_counts,
+    format_epoch_row,
+    plot_confusion,
+    plot_image_grid,
+    plot_loss_curves,
+    plot_top_losses,
+    write_compare_report,
+    write_run_report,
+)
+from ferlab.train import EpochRecord, FitResult, fit, load_state, pick_device, save_state
+from ferlab.weights import WeightSource, resolve_and_load
+
+__all__ = ["PreparedData", "RunResult", "TrainingInterrupted", "compare_runs", "prepare_data", "train_run"]
+
+Echo = Callable[[str], None]
+
+
+class TrainingInterrupted(RuntimeError):
+    """Ctrl-C came before the first epoch finished, so there is no model to keep."""
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    train: ImageSet
+    valid: ImageSet
+    test: ImageSet | None
+    skipped: tuple[dict[str, str], ...]  # every file set aside, with its reason
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        counts = {"train": self.train.counts(), "valid": self.valid.counts()}
+        if self.test is not None:
+            counts["test"] = self.test.counts()
+        return counts
+
+
+@dataclass(frozen=True)
+class RunResult:
+    run_dir: Path
+    arch: str
+    parameters: int
+    weight_source: WeightSource
+    fit: FitResult
+    metrics: dict[str, dict[str, Any]]  # "valid" (and "test") -> summarize()
+    evaluations: dict[str, Evaluation]
+    report: Path
+
+
+def prepare_data(config: RunConfig, echo: Echo, progress: bool = False) -> PreparedData:
+    """Discover, decode and split; errors about the data come before any training."""
+    data = config.data
+    files = discover(data.root, data.classes)
+    echo(f"found {len(files.paths)} image files in {len(files.class_names)} classes under {data.root}")
+    images = decode_images(files, data.image_size, data.workers, progress)
+    if data.valid_dir is not None:
+        valid_files = discover(data.valid_dir, files.class_names)
+        valid = decode_images(valid_files, data.image_size, data.workers, progress)
+        train = images
+    else:
+        if data.split_file is not None:
+            train_index, valid_index = read_split(data.split_file, images)
+        else:
+            train_index, valid_index = stratified_split(
+                images.labels.tolist(), data.valid_fraction, config.train.seed
+            )
+        train, valid = images.subset(train_index), images.subset(valid_index)
+        valid_files = None
+    test = None
+    if data.test_dir is not None:
+        test = decode_images(discover(data.test_dir, files.class_names), data.image_size, data.workers, progress)
+    skipped = list(images.skipped) + (list(valid.skipped) if valid_files is not None else [])
+    skipped += list(test.skipped) if test is not None else []
+    if len(train) < 2 or len(valid) < 1:
+        raise DataError(f"too few images to train: {len(train)} for training, {len(valid)} for validation")
+    return PreparedData(
+        train=train,
+        valid=valid,
+        test=test,
+        skipped=tuple({"path": str(s.path), "reason": s.reason} for s in skipped),
+    )
+
+
+def _versions() -> dict[str, str]:
+    import timm
+    import torchvision
+
+    return {
+        "ferlab": __version__,
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "timm": timm.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def _hwc(images: torch.Tensor) -> list[np.ndarray]:
+    """uint8 or [0,1] float (N, 3, H, W) -> list of uint8 (H, W, 3) for plotting."""
+    if images.dtype != torch.uint8:
+        images = (images.clamp(0, 1) * 255).round().to(torch.uint8)
+    return [image.permute(1, 2, 0).cpu().numpy() for image in images]
+
+
+def _augmented_samples(config: RunConfig, train: ImageSet, path: Path) -> Path:
+    generator = torch.Generator().manual_seed(config.train.seed)
+    count = min(12, len(train))
+    index = torch.randperm(len(train), generator=generator)[:count]
+    augmented = augment_batch(train.images[index], config.augment, generator)
+    titles = [train.class_names[int(train.labels[i])] for i in index]
+    return plot_image_grid(_hwc(augmented), titles, path, columns=4, title="Augmented training samples")
+
+
+def _write_json(path: Path, value: Any) -> None:
+    path.write_text(json.dumps(value, indent=2) + "\n")
+
+
+def _card(config: RunConfig, model_classes: Sequence[str], source: WeightSource, metrics: dict[str, Any]) -> ModelCard:
+    arch = get_architecture(config.model.arch)
+    return ModelCard(
+        arch=arch.name,
+        class_names=tuple(model_classes),
+        image_size=config.data.image_size,
+        mean=arch.mean,
+        std=arch.std,
+        head_hidden=config.model.head_hidden,
+        head_dropout=config.model.head_dropout,
+        weight_source=source.describe(),
+        pretrained=source.kind != "none",
+        metrics=metrics,
+    )
+
+
+def train_run(
+    config: RunConfig,
+    data: PreparedData,
+    echo: Echo = print,
+    progress: bool = False,
+    resume: bool = False,
+    show_model: bool = False,
+) -> RunResult:
+    """Train `config.model.arch` on `data`, evaluate the best checkpoint, write the run folder."""
+    run_dir = config.out_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    arch = get_architecture(config.model.arch)
+    class_names = data.train.class_names
+    device = pick_device(config.train.device)
+    torch.manual_seed(config.train.seed)
+
+    previous: dict[str, Any] = json.loads((run_dir / "config.json").read_text()) if resume else {}
+    if resume:
+        source = WeightSource(**previous["weight_source"])
+        model = build_model(arch.name, len(class_names), config.model.head_hidden, config.model.head_dropout)
+        state, optimizer_state, generator_state = load_state(run_dir, model)
+        echo(f"resuming {run_dir} after {len(state.history)} finished epoch(s)")
+    else:
+        holder: dict[str, WeightSource] = {}
+
+        def load_imagenet(a: Any, network: torch.nn.Module) -> None:
+            holder["source"] = resolve_and_load(a, network, config.model.pretrained)
+
+        model = build_model(
+            arch.name, len(class_names), config.model.head_hidden, config.model.head_dropout, load_imagenet
+        )
+        source = holder["source"]
+        state, optimizer_state, generator_state = None, None, None
+    echo(f"{arch.name}: {count_parameters(model) / 1e6:.1f} M parameters; weights: {source.describe()}")
+    if show_model:
+        echo(str(model))
+
+    counts = data.counts()
+    _write_json(
+        run_dir / "config.json",
+        {**config_to_dict(config), "weight_source": dataclasses.asdict(source), "versions": _versions()},
+    )
+    with open(run_dir / "classes.csv", "w") as handle:
+        handle.write("class," + ",".join(counts) + "\n")
+        for name in class_names:
+            handle.write(name + "," + ",".join(str(counts[s].get(name, 0)) for s in counts) + "\n")
+    write_split(run_dir / "split.csv", data.train, data.valid)
+    echo(format_counts(counts))
+    if data.skipped:
+        echo(f"skipped {len(data.skipped)} file(s); they are listed in metrics.json and the report")
+    figures = [_augmented_samples(config, data.train, run_dir / "augmented_samples.png")]
+
+    model_path = run_dir / "model.safetensors"
+    last_phase = [state.history[-1].phase if state and state.history else ""]
+
+    def on_epoch(record: EpochRecord) -> None:
+        if record.phase != last_phase[0]:
+            echo(f"{'frozen body: training the head' if record.phase == 'frozen' else 'unfrozen: training every layer'}")
+            echo(epoch_table_header())
+            last_phase[0] = record.phase
+        echo(format_epoch_row(record))
+
+    def on_improve(improved: FerNet, record: EpochRecord) -> None:
+        save_model(improved, _card(config, class_names, source, {}), model_path)
+
+    def on_state(current: FerNet, optimizer: Any, train_state: Any, generator: torch.Generator) -> None:
+        save_state(run_dir, current, optimizer, train_state, generator)
+
+    fitted = fit(
+        model, data.train, data.valid, config.train, config.augment,
+        mean=arch.mean, std=arch.std, batch_size=config.data.batch_size, device=device,
+        on_epoch=on_epoch, on_improve=on_improve, on_state=on_state, state=state,
+        optimizer_state=optimizer_state, generator_state=generator_state, progress=progress,
+    )
+    if not model_path.is_file():
+        raise TrainingInterrupted("stopped before the first epoch finished; nothing was saved")
+    notes: list[str] = []
+    if fitted.interrupted:
+        notes.append(
+            f"Interrupted after {len(fitted.history)} epoch(s); results are for the best finished "
+            f"epoch. Continue with: ferlab train --resume {run_dir}"
+        )
+        echo(notes[-1])
+    model.load_state_dict(load_file(str(model_path)))  # the best checkpoint, not the last epoch
+
+    evaluations = {"valid": evaluate(model, data.valid, arch.mean, arch.std, device, "valid")}
+    if data.test is not None:
+        evaluations["test"] = evaluate(model, data.test, arch.mean, arch.std, device, "test")
+    metrics = {split: summarize(e) for split, e in evaluations.items()}
+    best = fitted.history[fitted.best_index]
+    training = {
+        "seconds": fitted.train_seconds,
+        "minutes_per_epoch": fitted.train_seconds / 60 / max(1, len(fitted.history)),
+        "images_per_second": fitted.images_per_second,
+        "epochs_run": len(fitted.history),
+        "best_epoch": {"phase": best.phase, "epoch": best.epoch},
+        "stopped_early": fitted.stopped_early,
+        "interrupted": fitted.interrupted,
+        "device": str(device),
+    }
+    all_metrics = {
+        "arch": arch.name,
+        "pretrained": source.kind != "none",
+        "weight_source": source.describe(),
+        **metrics,
+        "training": training,
+        "skipped": list(data.skipped),
+    }
+    _write_json(run_dir / "metrics.json", all_metrics)
+    compact = {s: {k: m[k] for k in ("accuracy", "macro_f1", "loss", "images")} for s, m in metrics.items()}
+    save_model(model, _card(config, class_names, source, compact), model_path)
+    with open(run_dir / "history.csv", "w") as handle:
+        handle.write("phase,epoch,train_loss,valid_loss,accuracy,time_seconds\n")
+        for r in fitted.history:
+            handle.write(f"{r.phase},{r.epoch},{r.train_loss:.6f},{r.valid_loss:.6f},{r.accuracy:.6f},{r.seconds:.2f}\n")
+
+    valid_eval = evaluations["valid"]
+    worst = top_losses(valid_eval, config.train.top_losses)
+    figures = [
+        plot_loss_curves(fitted.step_losses, fitted.history, run_dir / "loss_curves.png"),
+        plot_confusion(metrics["valid"]["confusion_matrix"], class_names, run_dir / "confusion_matrix.png"),
+        plot_top_losses(worst, _hwc(data.valid.images[[t.index for t in worst]]), run_dir / "top_losses.png"),
+        *figures,
+    ]
+    if "test" in metrics:
+        figures.insert(2, plot_confusion(metrics["test"]["confusion_matrix"], class_names, run_dir / "confusion_matrix_test.png"))
+    report = write_run_report(
+        RunReport(
+            title=f"ferlab run: {arch.name}",
+            arch=arch.name,
+            weight_source=source.describe(),
+            pretrained=source.kind != "none",
+            counts=counts,
+            history=fitted.history,
+            best_index=fitted.best_index,
+            metrics=metrics,
+            skipped=data.skipped,
+            figures=figures,
+            notes=notes,
+            settings=config_to_dict(config),
+        ),
+        run_dir / "report.html",
+    )
+    for split, m in metrics.items():
+        echo(f"{split}: accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}, loss {m['loss']:.4f}")
+    echo(f"report: {report}")
+    return RunResult(
+        run_dir=run_dir, arch=arch.name, parameters=count_parameters(model), weight_source=source,
+        fit=fitted, metrics=metrics, evaluations=evaluations, report=report,
+    )
+
+
+def compare_runs(
+    config: RunConfig, archs: Sequence[str], echo: Echo = print, progress: bool = False
+) -> tuple[list[RunResult], Path]:
+    """Train each architecture on the same split; write compare.html beside the run folders."""
+    for name in archs:
+        get_architecture(name)  # fail on a typo before decoding anything
+    data = prepare_data(config, echo, progress)
+    results: list[RunResult] = []
+    for name in archs:
+        echo(f"\n=== {name} ===")
+        run_config = dataclasses.replace(
+            config, out_dir=config.out_dir / name, model=dataclasses.replace(config.model, arch=name)
+        )
+        start = time.perf_counter()
+        result = train_run(run_config, data, echo, progress)
+        echo(f"{name}: {(time.perf_counter() - start) / 60:.1f} min in all")
+        results.append(result)
+    split = "test" if data.test is not None else "valid"
+    rows = [
+        {
+            "arch": r.arch,
+            "parameters": r.parameters,
+            "pretrained": r.weight_source.kind if r.weight_source.kind != "none" else "none (scratch)",
+            "best_epoch": f"{r.fit.history[r.fit.best_index].phase} {r.fit.history[r.fit.best_index].epoch}",
+            "accuracy": r.metrics[split]["accuracy"],
+            "macro_f1": r.metrics[split]["macro_f1"],
+            "valid_loss": r.metrics["valid"]["loss"],
+            "train_minutes": r.fit.train_seconds / 60,
+            "images_per_second": r.metrics["valid"]["images_per_second"],
+        }
+        for r in results
+    ]
+    observations = compare_errors({r.arch: r.evaluations["valid"] for r in results})
+    observations["most_confused"] = {
+        r.arch: [f"{c['actual']} → {c['predicted']} ({c['count']})" for c in r.metrics["valid"]["most_confused"][:3]]
+        for r in results
+    }
+    if data.test is not None:
+        observations["test"] = True
+    _write_json(config.out_dir / "compare.json", {"split": split, "rows": rows, "observations": observations})
+    notes = [f"{r.arch} was trained from scratch (no pretrained weights)." for r in results if r.weight_source.kind == "none"]
+    report = write_compare_report(
+        rows, observations, {r.arch: f"{r.arch}/report.html" for r in results}, [], config.out_dir / "compare.html", notes
+    )
+    return results, report

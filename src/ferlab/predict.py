@@ -1,0 +1,119 @@
+"""Predictor: a saved model plus its own preprocessing -> labels and per-class scores.
+
+    >>> predictor = Predictor.load("runs/2026-12-03-resnet34")
+    >>> predictor.predict_files(["face.jpg"])[0].label
+
+Preprocessing is the model's own (from model.json): RGB, centre square crop, resize to the
+training size, its normalisation. A file that cannot be read gives a `Prediction` with an
+`error` and no label, never an exception.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ferlab.checkpoint import ModelCard, load_model
+from ferlab.data import IMAGE_EXTENSIONS, list_images, load_image
+from ferlab.evaluate import predict_probabilities
+from ferlab.train import pick_device
+
+__all__ = ["Prediction", "Predictor", "expand_inputs"]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    path: str
+    label: str | None
+    scores: dict[str, float] = field(default_factory=dict)  # every class; sums to 1
+    error: str | None = None
+
+    def to_json(self) -> dict[str, object]:
+        row: dict[str, object] = {"path": self.path, "label": self.label, "scores": self.scores}
+        if self.error is not None:
+            row["error"] = self.error
+        return row
+
+
+def expand_inputs(inputs: Iterable[Path]) -> list[Path | tuple[Path, str]]:
+    """Files as given, folders expanded (sorted, recursive); missing paths as (path, error)."""
+    expanded: list[Path | tuple[Path, str]] = []
+    for raw in inputs:
+        path = Path(raw)
+        if path.is_dir():
+            images, others = list_images(path)
+            expanded.extend(images)
+            expanded.extend((s.path, s.reason) for s in others)
+        elif path.is_file():
+            expanded.append(path)
+        else:
+            expanded.append((path, "no such file or folder"))
+    return expanded
+
+
+class Predictor:
+    """A loaded model ready to label faces."""
+
+    def __init__(self, model: torch.nn.Module, card: ModelCard, device: torch.device) -> None:
+        self.model = model.eval().to(device)
+        self.card = card
+        self.device = device
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "auto") -> Predictor:
+        """From a run folder or a model.safetensors with its model.json beside it."""
+        resolved = pick_device(device)
+        model, card = load_model(Path(path), resolved)
+        return cls(model, card, resolved)
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.card.class_names
+
+    def predict_arrays(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        """uint8 (N, S, S, 3) at the model's input size -> probabilities (N, C)."""
+        tensor = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+        probabilities, _ = predict_probabilities(
+            self.model, tensor, self.card.mean, self.card.std, self.device, batch_size
+        )
+        return probabilities
+
+    def _prediction(self, path: Path, probabilities: np.ndarray) -> Prediction:
+        scores = {name: float(p) for name, p in zip(self.class_names, probabilities, strict=True)}
+        return Prediction(str(path), self.class_names[int(probabilities.argmax())], scores)
+
+    def predict_files(self, inputs: Sequence[str | Path], batch_size: int = 64) -> list[Prediction]:
+        """One `Prediction` per image found in `inputs` (files or folders), in order."""
+        results: list[Prediction] = []
+        pending: list[tuple[int, Path, np.ndarray]] = []
+
+        def flush() -> None:
+            if not pending:
+                return
+            probabilities = self.predict_arrays(np.stack([p[2] for p in pending]), batch_size)
+            for (slot, path, _), row in zip(pending, probabilities, strict=True):
+                results[slot] = self._prediction(path, row)
+            pending.clear()
+
+        for item in expand_inputs(Path(p) for p in inputs):
+            if isinstance(item, tuple):
+                results.append(Prediction(str(item[0]), None, error=item[1]))
+                continue
+            if item.suffix.lower() not in IMAGE_EXTENSIONS:
+                results.append(Prediction(str(item), None, error=f"not an image file extension ({item.suffix})"))
+                continue
+            try:
+                array = load_image(item, self.card.image_size)
+            except Exception as error:  # PIL raises many types for bad files
+                results.append(Prediction(str(item), None, error=f"unreadable image: {error}"))
+                continue
+            results.append(Prediction(str(item), None, error="pending"))
+            pending.append((len(results) - 1, item, array))
+            if len(pending) >= batch_size:
+                flush()
+        flush()
+        return results

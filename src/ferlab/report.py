@@ -1,0 +1,312 @@
+"""Render results: the live epoch table, plots (PNG) and self-contained HTML reports.
+
+Everything here takes result data (records, metrics dicts, arrays), never a model, and
+writes files or returns text. Plots use matplotlib's Agg backend, so no display is needed.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from ferlab.evaluate import TopLoss  # noqa: E402
+from ferlab.train import EpochRecord  # noqa: E402
+
+__all__ = [
+    "RunReport",
+    "epoch_table_header",
+    "format_counts",
+    "format_epoch_row",
+    "plot_confusion",
+    "plot_image_grid",
+    "plot_loss_curves",
+    "plot_top_losses",
+    "write_compare_report",
+    "write_run_report",
+]
+
+COLUMNS = ("epoch", "train_loss", "valid_loss", "accuracy", "time")
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes:02d}:{secs:02d}"
+
+
+def epoch_table_header() -> str:
+    """fastai's column header: epoch, train_loss, valid_loss, accuracy, time."""
+    return "  ".join(f"{c:<10}" for c in COLUMNS).rstrip()
+
+
+def format_epoch_row(record: EpochRecord) -> str:
+    cells = (
+        str(record.epoch), f"{record.train_loss:.6f}", f"{record.valid_loss:.6f}",
+        f"{record.accuracy:.6f}", _clock(record.seconds),
+    )
+    return "  ".join(f"{c:<10}" for c in cells).rstrip()
+
+
+def format_counts(counts: Mapping[str, Mapping[str, int]]) -> str:
+    """A text table of images per class, one column per split (e.g. train/valid/test)."""
+    splits = list(counts)
+    names = list(dict.fromkeys(name for split in splits for name in counts[split]))
+    width = max(8, *(len(n) for n in names))
+    lines = [f"{'class':<{width}}  " + "  ".join(f"{s:>7}" for s in splits)]
+    for name in names:
+        lines.append(f"{name:<{width}}  " + "  ".join(f"{counts[s].get(name, 0):>7}" for s in splits))
+    lines.append(f"{'total':<{width}}  " + "  ".join(f"{sum(counts[s].values()):>7}" for s in splits))
+    return "\n".join(lines)
+
+
+def plot_loss_curves(step_losses: Sequence[float], history: Sequence[EpochRecord], path: Path) -> Path:
+    """Train loss per step (and its running mean) with valid loss at each epoch's end."""
+    figure, axis = plt.subplots(figsize=(7, 4))
+    steps = np.arange(1, len(step_losses) + 1)
+    if len(step_losses):
+        axis.plot(steps, step_losses, color="tab:blue", alpha=0.3, label="train loss (step)")
+        window = max(1, len(step_losses) // 20)
+        smooth = np.convolve(step_losses, np.ones(window) / window, mode="valid")
+        axis.plot(steps[window - 1 :], smooth, color="tab:blue", label="train loss (smoothed)")
+    if history:
+        ends = [round((i + 1) * len(step_losses) / len(history)) for i in range(len(history))]
+        axis.plot(ends, [r.valid_loss for r in history], "o-", color="tab:orange", label="valid loss")
+        frozen = sum(1 for r in history if r.phase == "frozen")
+        if 0 < frozen < len(history):
+            axis.axvline(ends[frozen - 1], color="grey", linestyle=":", label="body unfrozen")
+    axis.set_xlabel("optimiser step")
+    axis.set_ylabel("cross-entropy loss")
+    axis.set_title("Loss curves")
+    axis.legend()
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def plot_confusion(matrix: Sequence[Sequence[int]], class_names: Sequence[str], path: Path) -> Path:
+    """Counts and row-normalised (recall per class) confusion matrices side by side."""
+    counts = np.asarray(matrix, dtype=float)
+    normalised = counts / np.clip(counts.sum(axis=1, keepdims=True), 1, None)
+    size = 3 + 0.6 * len(class_names)
+    figure, axes = plt.subplots(1, 2, figsize=(2 * size, size))
+    for axis, values, title, fmt in (
+        (axes[0], counts, "Confusion matrix (counts)", "{:.0f}"),
+        (axes[1], normalised, "Row-normalised (recall)", "{:.2f}"),
+    ):
+        axis.imshow(values, cmap="Blues")
+        axis.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
+        axis.set_yticks(range(len(class_names)), class_names)
+        axis.set_xlabel("Predicted")
+        axis.set_ylabel("Actual")
+        axis.set_title(title)
+        peak = values.max() if values.size else 0
+        for (row, col), value in np.ndenumerate(values):
+            colour = "white" if value > peak / 2 else "black"
+            axis.text(col, row, fmt.format(value), ha="center", va="center", color=colour, fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def plot_image_grid(
+    images: Sequence[np.ndarray], titles: Sequence[str], path: Path, columns: int = 4, title: str = ""
+) -> Path:
+    """uint8 HWC images in a grid with a caption each."""
+    count = max(1, len(images))
+    columns = min(columns, count)
+    rows = (count + columns - 1) // columns
+    figure, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.9 * rows), squeeze=False)
+    for axis in axes.flat:
+        axis.axis("off")
+    for axis, image, caption in zip(axes.flat, images, titles, strict=False):
+        axis.imshow(image)
+        axis.set_title(caption, fontsize=8)
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def plot_top_losses(items: Sequence[TopLoss], images: Sequence[np.ndarray], path: Path) -> Path:
+    """fastai's plot_top_losses: predicted / actual / loss / probability of the actual class."""
+    titles = [f"{t.predicted}/{t.actual}\nloss {t.loss:.2f}, p {t.probability:.2f}" for t in items]
+    return plot_image_grid(images, titles, path, columns=3, title="Prediction/Actual/Loss/Probability")
+
+
+def _embed(path: Path) -> str:
+    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    return f'<img src="data:image/png;base64,{data}" alt="{html.escape(Path(path).stem)}">'
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+STYLE = """
+body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}
+th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:100%}
+.warn{background:#fff3cd;border:1px solid #e0c36c;padding:.6em 1em}code{background:#f3f3f3;padding:0 .2em}
+"""
+
+
+def _page(title: str, body: str) -> str:
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>{body}</body></html>\n"
+    )
+
+
+def _metrics_block(name: str, metrics: Mapping[str, Any]) -> str:
+    rows = [
+        (cls, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}", v["support"])
+        for cls, v in metrics["per_class"].items()
+    ]
+    confused = ", ".join(
+        f"{c['actual']} → {c['predicted']} ({c['count']})" for c in metrics["most_confused"][:5]
+    ) or "none"
+    return (
+        f"<h3>{html.escape(name)}: accuracy {metrics['accuracy']:.4f}, macro-F1 "
+        f"{metrics['macro_f1']:.4f}, loss {metrics['loss']:.4f} ({metrics['images']} images)</h3>"
+        + _table(("class", "precision", "recall", "F1", "support"), rows)
+        + f"<p>Most confused (actual → predicted): {html.escape(confused)}</p>"
+        + f"<p>Inference: {metrics['images_per_second']:.1f} images/s</p>"
+    )
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """What a run's report.html shows."""
+
+    title: str
+    arch: str
+    weight_source: str
+    pretrained: bool
+    counts: Mapping[str, Mapping[str, int]]  # split -> class -> images
+    history: Sequence[EpochRecord]
+    best_index: int
+    metrics: Mapping[str, Mapping[str, Any]]  # split -> summarize() output
+    skipped: Sequence[Mapping[str, str]]
+    figures: Sequence[Path]
+    notes: Sequence[str] = field(default_factory=tuple)
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+
+def write_run_report(report: RunReport, path: Path) -> Path:
+    parts: list[str] = []
+    warnings = list(report.notes)
+    if not report.pretrained:
+        warnings.insert(0, f"Trained from scratch, no pretrained weights ({report.weight_source}).")
+    parts += [f"<p class='warn'>{html.escape(w)}</p>" for w in warnings]
+    parts.append(
+        f"<p>Architecture <b>{html.escape(report.arch)}</b>; starting weights: "
+        f"{html.escape(report.weight_source)}.</p>"
+    )
+    parts.append("<h2>Data</h2>")
+    splits = list(report.counts)
+    names = list(dict.fromkeys(n for s in splits for n in report.counts[s]))
+    rows = [[n, *(report.counts[s].get(n, 0) for s in splits)] for n in names]
+    rows.append(["total", *(sum(report.counts[s].values()) for s in splits)])
+    parts.append(_table(("class", *splits), rows))
+    parts.append(f"<h2>Skipped files ({len(report.skipped)})</h2>")
+    if report.skipped:
+        parts.append(_table(("file", "reason"), [(s["path"], s["reason"]) for s in report.skipped]))
+    else:
+        parts.append("<p>None: every file was read.</p>")
+    parts.append("<h2>Training</h2>")
+    history_rows = [
+        (
+            f"{r.phase} {r.epoch}" + (" (best)" if i == report.best_index else ""),
+            f"{r.train_loss:.6f}", f"{r.valid_loss:.6f}", f"{r.accuracy:.6f}", _clock(r.seconds),
+        )
+        for i, r in enumerate(report.history)
+    ]
+    parts.append(_table(COLUMNS, history_rows))
+    parts.append("<h2>Results (best checkpoint)</h2>")
+    for split, metrics in report.metrics.items():
+        parts.append(_metrics_block(split, metrics))
+    for figure in report.figures:
+        parts.append(f"<h2>{html.escape(figure.stem.replace('_', ' '))}</h2>{_embed(figure)}")
+    if report.settings:
+        import json
+
+        parts.append(
+            "<h2>Settings</h2><pre>" + html.escape(json.dumps(report.settings, indent=2)) + "</pre>"
+        )
+    path.write_text(_page(report.title, "".join(parts)), encoding="utf-8")
+    return path
+
+
+def write_compare_report(
+    rows: Sequence[Mapping[str, Any]],
+    observations: Mapping[str, Any],
+    run_links: Mapping[str, str],
+    figures: Sequence[Path],
+    path: Path,
+    notes: Sequence[str] = (),
+) -> Path:
+    """compare.html: the side-by-side table, the shared errors, links to each run's report."""
+    header = (
+        "architecture", "parameters", "pretrained", "best epoch", "accuracy", "macro-F1",
+        "valid loss", "train minutes", "inference img/s",
+    )
+    table_rows = [
+        (
+            r["arch"], f"{r['parameters'] / 1e6:.1f} M", r["pretrained"], r["best_epoch"],
+            f"{r['accuracy']:.4f}", f"{r['macro_f1']:.4f}", f"{r['valid_loss']:.4f}",
+            f"{r['train_minutes']:.2f}", f"{r['images_per_second']:.0f}",
+        )
+        for r in rows
+    ]
+    parts = [f"<p class='warn'>{html.escape(n)}</p>" for n in notes]
+    parts.append(_table(header, table_rows))
+    if "test" in observations:
+        parts.append("<p>Accuracy and macro-F1 above are on the test folder.</p>")
+    parts.append("<h2>Observations</h2><ul>")
+    for name, ranking in observations["classes_by_f1"].items():
+        parts.append(
+            f"<li><b>{html.escape(name)}</b>: classes from best to worst F1: "
+            f"{html.escape(', '.join(ranking))}; most confused: "
+            f"{html.escape(', '.join(observations['most_confused'][name]) or 'none')}</li>"
+        )
+    wrong = observations["wrong_by_all"]
+    parts.append(
+        f"<li>{len(wrong)} of {observations['images']} validation images are misclassified by "
+        "every model.</li></ul>"
+    )
+    if wrong:
+        parts.append(
+            _table(
+                ("image", "actual", "predicted"),
+                [
+                    (w["path"], w["actual"], ", ".join(f"{k}: {v}" for k, v in w["predicted"].items()))
+                    for w in wrong[:50]
+                ],
+            )
+        )
+    for figure in figures:
+        parts.append(f"<h2>{html.escape(figure.stem.replace('_', ' '))}</h2>{_embed(figure)}")
+    parts.append("<h2>Runs</h2><ul>")
+    for name, link in run_links.items():
+        parts.append(f"<li><a href='{html.escape(link)}'>{html.escape(name)}</a></li>")
+    parts.append("</ul>")
+    path.write_text(_page("ferlab compare", "".join(parts)), encoding="utf-8")
+    return path

@@ -1,0 +1,325 @@
+"""fit(): the study's fine-tuning policy on decoded image tensors.
+
+Phase 1 trains the new head with the body frozen (its BatchNorm layers keep learning) for
+`freeze_epochs`; phase 2 unfreezes everything with discriminative learning rates (early body
+layers lr/100, late ones lr/10, the head lr). Each phase is one AdamW one-cycle schedule, as
+fastai's `fine_tune` does. Early stopping watches validation accuracy; `on_improve` is called
+with every new best so the caller can write the checkpoint. A Ctrl-C ends the loop cleanly
+and the result says so; the state after each finished epoch can be saved and resumed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ferlab.augment import augment_batch, normalize
+from ferlab.config import AugmentConfig, TrainConfig
+from ferlab.data import ImageSet, batches
+from ferlab.models import FerNet
+
+__all__ = [
+    "EpochRecord",
+    "FitResult",
+    "TrainState",
+    "evaluate_loss",
+    "fit",
+    "load_state",
+    "one_cycle",
+    "pick_device",
+    "save_state",
+]
+
+PHASES = ("frozen", "unfrozen")
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    """One row of the study's epoch table."""
+
+    phase: str
+    epoch: int  # within the phase, from 0 as fastai prints it
+    train_loss: float
+    valid_loss: float
+    accuracy: float
+    seconds: float
+
+
+@dataclass
+class TrainState:
+    """Everything needed to continue after the last finished epoch."""
+
+    phase_index: int = 0
+    epoch_in_phase: int = 0  # epochs finished in the current phase
+    history: list[EpochRecord] = field(default_factory=list)
+    step_losses: list[float] = field(default_factory=list)  # train loss per optimiser step
+    best_accuracy: float = -1.0
+    best_index: int = -1  # position in history of the best epoch
+    stale_epochs: int = 0  # epochs since the best one
+    stopped_early: bool = False
+    seconds: float = 0.0
+    images_seen: int = 0
+
+
+@dataclass(frozen=True)
+class FitResult:
+    history: list[EpochRecord]
+    step_losses: list[float]
+    best_index: int
+    best_accuracy: float
+    interrupted: bool
+    stopped_early: bool
+    train_seconds: float
+    images_per_second: float
+
+
+def pick_device(requested: str) -> torch.device:
+    """"auto" -> CUDA when present, else CPU; anything else is passed to torch."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(requested)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but no CUDA device is available; use --device cpu")
+    return device
+
+
+def one_cycle(step: int, total: int, pct_start: float) -> tuple[float, float]:
+    """fastai's one-cycle: (lr multiplier of the peak, Adam beta1) at `step` of `total`.
+
+    Cosine warm-up from peak/25 to the peak over `pct_start` of the steps, then cosine
+    annealing to peak/1e5; momentum moves the other way between 0.95 and 0.85.
+    """
+    def cosine(start: float, end: float, fraction: float) -> float:
+        return end + (start - end) / 2 * (1 + math.cos(math.pi * fraction))
+
+    warm = max(1, round(total * pct_start))
+    if step < warm:
+        fraction = step / warm
+        return cosine(1 / 25, 1.0, fraction), cosine(0.95, 0.85, fraction)
+    fraction = (step - warm) / max(1, total - warm)
+    return cosine(1.0, 1 / 1e5, fraction), cosine(0.85, 0.95, fraction)
+
+
+def _param_groups(model: FerNet, config: TrainConfig, peak: float) -> list[dict[str, Any]]:
+    early, late = model.body_groups()
+    return [
+        {"params": early, "peak": peak / config.early_lr_divisor},
+        {"params": late, "peak": peak / config.body_lr_divisor},
+        {"params": list(model.head.parameters()), "peak": peak},
+    ]
+
+
+def _phase_plan(config: TrainConfig, phase: str) -> tuple[int, float, float]:
+    """(epochs, peak lr, pct_start) for a phase, following fastai's fine_tune."""
+    if phase == "frozen":
+        return config.freeze_epochs, config.lr, 0.99
+    return config.epochs, config.lr / 2, 0.3
+
+
+@torch.no_grad()
+def evaluate_loss(
+    model: nn.Module, images: ImageSet, mean: torch.Tensor, std: torch.Tensor,
+    device: torch.device, batch_size: int,
+) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) of `model` on un-augmented `images`."""
+    model.eval()
+    total_loss, correct = 0.0, 0
+    for index in batches(len(images), batch_size, shuffle=False):
+        inputs = normalize(images.images[index].to(device), mean, std)
+        targets = images.labels[index].to(device)
+        logits = model(inputs)
+        total_loss += float(F.cross_entropy(logits, targets, reduction="sum"))
+        correct += int((logits.argmax(1) == targets).sum())
+    count = max(1, len(images))
+    return total_loss / count, correct / count
+
+
+def _train_epoch(
+    model: FerNet, optimizer: torch.optim.Optimizer, train: ImageSet, augment: AugmentConfig,
+    mean: torch.Tensor, std: torch.Tensor, device: torch.device, batch_size: int,
+    generator: torch.Generator, schedule: Callable[[int], tuple[float, float]], first_step: int,
+    progress: Any,
+) -> list[float]:
+    """One pass over `train`; returns the loss of every step."""
+    model.train()
+    losses: list[float] = []
+    for step, index in enumerate(batches(len(train), batch_size, True, generator), start=first_step):
+        if len(index) < 2:
+            continue  # BatchNorm cannot train on a single image
+        multiplier, beta1 = schedule(step)
+        for group in optimizer.param_groups:
+            group["lr"] = group["peak"] * multiplier
+            group["betas"] = (beta1, group["betas"][1])
+        batch = augment_batch(train.images[index].to(device), augment, generator)
+        inputs = normalize(batch, mean, std)
+        loss = F.cross_entropy(model(inputs), train.labels[index].to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+        if progress is not None:
+            progress.update(1)
+            progress.set_postfix(loss=f"{losses[-1]:.4f}")
+    return losses
+
+
+def fit(
+    model: FerNet,
+    train: ImageSet,
+    valid: ImageSet,
+    config: TrainConfig,
+    augment: AugmentConfig,
+    *,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    batch_size: int,
+    device: torch.device,
+    on_epoch: Callable[[EpochRecord], None] | None = None,
+    on_improve: Callable[[FerNet, EpochRecord], None] | None = None,
+    on_state: Callable[[FerNet, torch.optim.Optimizer | None, TrainState, torch.Generator], None]
+    | None = None,
+    state: TrainState | None = None,
+    optimizer_state: dict[str, Any] | None = None,
+    generator_state: torch.Tensor | None = None,
+    progress: bool = False,
+) -> FitResult:
+    """Train `model` in place and return the history; see the module docstring."""
+    state = state or TrainState()
+    mean_t = torch.tensor(mean, device=device)
+    std_t = torch.tensor(std, device=device)
+    generator = torch.Generator().manual_seed(config.seed)
+    if generator_state is not None:
+        generator.set_state(generator_state)
+    steps_per_epoch = sum(1 for i in range(0, len(train), batch_size) if len(train) - i >= 2)
+    interrupted = False
+    model.to(device)
+    try:
+        while state.phase_index < len(PHASES) and not state.stopped_early:
+            phase = PHASES[state.phase_index]
+            epochs, peak, pct_start = _phase_plan(config, phase)
+            if state.epoch_in_phase >= epochs:  # e.g. --freeze-epochs 0
+                state.phase_index, state.epoch_in_phase = state.phase_index + 1, 0
+                continue
+            model.freeze_body(phase == "frozen")
+            optimizer = torch.optim.AdamW(
+                _param_groups(model, config, peak), lr=peak, weight_decay=config.weight_decay
+            )
+            if optimizer_state is not None:
+                optimizer.load_state_dict(optimizer_state)
+                optimizer_state = None
+            total = epochs * steps_per_epoch
+            phase_done = False
+            while not (phase_done or state.stopped_early):
+                start = time.perf_counter()
+                bar = None
+                if progress:
+                    from tqdm import tqdm
+
+                    bar = tqdm(total=steps_per_epoch, leave=False, desc=f"{phase} epoch {state.epoch_in_phase}")
+                try:
+                    losses = _train_epoch(
+                        model, optimizer, train, augment, mean_t, std_t, device, batch_size,
+                        generator, lambda s, t=total, p=pct_start: one_cycle(s, t, p),
+                        state.epoch_in_phase * steps_per_epoch, bar,
+                    )
+                finally:
+                    if bar is not None:
+                        bar.close()
+                valid_loss, accuracy = evaluate_loss(model, valid, mean_t, std_t, device, batch_size * 2)
+                seconds = time.perf_counter() - start
+                record = EpochRecord(
+                    phase, state.epoch_in_phase, sum(losses) / max(1, len(losses)),
+                    valid_loss, accuracy, seconds,
+                )
+                state.history.append(record)
+                state.step_losses.extend(losses)
+                state.seconds += seconds
+                state.images_seen += len(train)
+                state.epoch_in_phase += 1
+                if on_epoch is not None:
+                    on_epoch(record)
+                if accuracy > state.best_accuracy:
+                    state.best_accuracy, state.best_index = accuracy, len(state.history) - 1
+                    state.stale_epochs = 0
+                    if on_improve is not None:
+                        on_improve(model, record)
+                else:
+                    state.stale_epochs += 1
+                    state.stopped_early = state.stale_epochs >= config.patience
+                phase_done = state.epoch_in_phase >= epochs
+                if phase_done:
+                    state.phase_index, state.epoch_in_phase = state.phase_index + 1, 0
+                if on_state is not None:
+                    # A finished phase's optimiser is not carried over: the next starts afresh.
+                    on_state(model, None if phase_done else optimizer, state, generator)
+    except KeyboardInterrupt:
+        interrupted = True
+    model.freeze_body(False)
+    return FitResult(
+        history=list(state.history),
+        step_losses=list(state.step_losses),
+        best_index=state.best_index,
+        best_accuracy=state.best_accuracy,
+        interrupted=interrupted,
+        stopped_early=state.stopped_early,
+        train_seconds=state.seconds,
+        images_per_second=state.images_seen / state.seconds if state.seconds else 0.0,
+    )
+
+
+def save_state(
+    folder: Path, model: FerNet, optimizer: torch.optim.Optimizer | None, state: TrainState,
+    generator: torch.Generator,
+) -> None:
+    """resume.safetensors (model, optimiser moments, RNG states) + resume.json (the rest)."""
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    optimizer_dict: dict[str, Any] = (
+        optimizer.state_dict() if optimizer is not None else {"state": {}, "param_groups": []}
+    )
+    for param_id, slots in optimizer_dict["state"].items():
+        for slot, value in slots.items():
+            tensors[f"optimizer.{param_id}.{slot}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    tensors["rng.generator"] = generator.get_state()
+    tensors["rng.torch"] = torch.get_rng_state()
+    groups = [
+        {k: (list(v) if isinstance(v, tuple) else v) for k, v in group.items()}
+        for group in optimizer_dict["param_groups"]
+    ]
+    save_file(tensors, str(folder / "resume.safetensors.tmp"))
+    (folder / "resume.safetensors.tmp").replace(folder / "resume.safetensors")
+    raw = asdict(state)
+    raw["param_groups"] = groups
+    (folder / "resume.json").write_text(json.dumps(raw, indent=1))
+
+
+def load_state(
+    folder: Path, model: FerNet
+) -> tuple[TrainState, dict[str, Any] | None, torch.Tensor]:
+    """Restore the model in place; return (state, optimizer state dict, generator state)."""
+    tensors = load_file(str(folder / "resume.safetensors"))
+    raw = json.loads((folder / "resume.json").read_text())
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    optimizer_state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            _, param_id, slot = key.split(".", 2)
+            optimizer_state.setdefault(int(param_id), {})[slot] = value
+    groups = [
+        {k: (tuple(v) if k == "betas" else v) for k, v in group.items()}
+        for group in raw.pop("param_groups")
+    ]
+    torch.set_rng_state(tensors["rng.torch"])
+    raw["history"] = [EpochRecord(**row) for row in raw["history"]]
+    state = TrainState(**raw)
+    optimizer = {"state": optimizer_state, "param_groups": groups} if groups else None
+    return state, optimizer, tensors["rng.generator"]
