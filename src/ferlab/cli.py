@@ -55,6 +55,8 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--epochs", type=int, default=3, help="unfrozen epochs (default 3, the study's)")
     group.add_argument("--lr", type=float, default=2e-3, help="peak learning rate of the head (default 2e-3)")
     group.add_argument("--patience", type=int, default=3, help="early stopping patience in epochs (default 3)")
+    group.add_argument("--train-bn", action="store_true",
+                       help="let the frozen body's BatchNorm layers train, as fastai does (off: see config.py)")
     group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     group.add_argument("--seed", type=int, default=42)
     group.add_argument("--out", type=Path, help="run folder (default runs/<timestamp>-<arch>)")
@@ -102,7 +104,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="compare two architectures on a generated data set (a few minutes)")
     demo.add_argument("--out", type=Path, default=Path("ferlab-demo"), help="default ./ferlab-demo")
-    demo.add_argument("--per-class", type=int, default=80, help="images per expression (default 80)")
+    demo.add_argument("--per-class", type=int, default=100, help="images per expression (default 100)")
     return parser
 
 
@@ -135,6 +137,7 @@ def _run_config(args: argparse.Namespace, arch: str, out_dir: Path) -> Any:
         train=TrainConfig(
             freeze_epochs=args.freeze_epochs, epochs=args.epochs, lr=args.lr,
             patience=args.patience, device=args.device, seed=args.seed,
+            train_bn=args.train_bn,
         ),
         augment=_augment_config(args),
     )
@@ -270,7 +273,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     data_dir = args.out / "data"
     if not data_dir.is_dir():
         _echo(f"drawing {args.per_class} synthetic faces per expression into {data_dir}")
-        generate_dataset(data_dir, args.per_class, image_size=64, seed=0)
+        generate_dataset(data_dir, args.per_class, image_size=96, seed=0)
     # The two cheapest architectures that have ImageNet weights here; resnet18 from scratch
     # fills in when fewer are installed (and the report says so).
     cheap_first = ["efficientnet_lite0", "mobilenet_v2", "resnet18", "efficientnet_lite1"]
@@ -278,13 +281,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     archs = [a for a in cheap_first if a in have][:2]
     archs += [a for a in ("resnet18", "mobilenet_v2") if a not in archs][: 2 - len(archs)]
     config = RunConfig(
-        data=DataConfig(root=data_dir, image_size=64, batch_size=32),
+        # Small images and batches: many optimiser steps on few images within the time budget.
+        data=DataConfig(root=data_dir, image_size=96, batch_size=16),
         out_dir=args.out / f"compare-{_timestamp()}",
         model=ModelConfig(pretrained="if-available"),
-        train=TrainConfig(freeze_epochs=1, epochs=3, lr=3e-3),
+        train=TrainConfig(freeze_epochs=1, epochs=5),
         augment=AugmentConfig(),
     )
-    _echo(f"comparing {', '.join(archs)} on {data_dir} (64x64 px, 1 frozen + 3 unfrozen epochs)")
+    _echo(f"comparing {', '.join(archs)} on {data_dir} (96x96 px, 1 frozen + 5 unfrozen epochs)")
     _, report = compare_runs(config, archs, _echo, progress=True)
     _echo(f"\ndemo finished; open the comparison in a browser: {report.resolve()}")
     return 0

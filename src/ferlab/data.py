@@ -33,6 +33,7 @@ __all__ = [
     "load_image",
     "read_split",
     "stratified_split",
+    "try_load_image",
     "write_split",
 ]
 
@@ -205,7 +206,8 @@ def load_image(path: Path, image_size: int) -> np.ndarray:
     return np.asarray(square, dtype=np.uint8)
 
 
-def _try_load(path: Path, image_size: int) -> np.ndarray | str:
+def try_load_image(path: Path, image_size: int) -> np.ndarray | str:
+    """`load_image`, or the reason the file cannot be read."""
     try:
         return load_image(path, image_size)
     except UnidentifiedImageError:
@@ -235,7 +237,7 @@ def decode_images(
     keep: list[int] = []
     skipped = list(files.skipped)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = pool.map(lambda p: _try_load(p, image_size), files.paths)
+        results = pool.map(lambda p: try_load_image(p, image_size), files.paths)
         if progress:
             from tqdm import tqdm
 

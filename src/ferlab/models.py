@@ -181,12 +181,25 @@ class FerNet(nn.Module):
         late = params[len(early) :]
         return early, late
 
-    def freeze_body(self, frozen: bool = True) -> None:
-        """Freeze the body except its BatchNorm layers, which keep adapting (fastai's train_bn)."""
+    def freeze_body(self, frozen: bool = True, train_bn: bool = False) -> None:
+        """Freeze (or unfreeze) the body's weights.
+
+        With `train_bn`, BatchNorm layers keep learning while frozen (fastai's train_bn);
+        without it the frozen body is a fixed function: `train()` keeps it in eval mode, so
+        its BatchNorm uses the ImageNet running statistics.
+        """
+        self.body_frozen = frozen and not train_bn
         for module in self.body.modules():
             is_norm = isinstance(module, nn.modules.batchnorm._BatchNorm | nn.LayerNorm)
             for param in module.parameters(recurse=False):
-                param.requires_grad = is_norm or not frozen
+                param.requires_grad = not frozen or (train_bn and is_norm)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> FerNet:
+        super().train(mode)
+        if mode and getattr(self, "body_frozen", False):
+            self.body.eval()
+        return self
 
 
 def build_model(

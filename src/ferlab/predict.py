@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ferlab.checkpoint import ModelCard, load_model
-from ferlab.data import IMAGE_EXTENSIONS, list_images, load_image
+from ferlab.data import IMAGE_EXTENSIONS, list_images, try_load_image
 from ferlab.evaluate import predict_probabilities
 from ferlab.train import pick_device
 
@@ -106,10 +106,9 @@ class Predictor:
             if item.suffix.lower() not in IMAGE_EXTENSIONS:
                 results.append(Prediction(str(item), None, error=f"not an image file extension ({item.suffix})"))
                 continue
-            try:
-                array = load_image(item, self.card.image_size)
-            except Exception as error:  # PIL raises many types for bad files
-                results.append(Prediction(str(item), None, error=f"unreadable image: {error}"))
+            array = try_load_image(item, self.card.image_size)
+            if isinstance(array, str):
+                results.append(Prediction(str(item), None, error=array))
                 continue
             results.append(Prediction(str(item), None, error="pending"))
             pending.append((len(results) - 1, item, array))

@@ -1,7 +1,7 @@
 """fit(): the study's fine-tuning policy on decoded image tensors.
 
-Phase 1 trains the new head with the body frozen (its BatchNorm layers keep learning) for
-`freeze_epochs`; phase 2 unfreezes everything with discriminative learning rates (early body
+Phase 1 trains the new head with the body frozen for `freeze_epochs` (the body's
+BatchNorm layers learn too only with `train_bn`, see `TrainConfig`); phase 2 unfreezes everything with discriminative learning rates (early body
 layers lr/100, late ones lr/10, the head lr). Each phase is one AdamW one-cycle schedule, as
 fastai's `fine_tune` does. Early stopping watches validation accuracy; `on_improve` is called
 with every new best so the caller can write the checkpoint. A Ctrl-C ends the loop cleanly
@@ -210,7 +210,7 @@ def fit(
             if state.epoch_in_phase >= epochs:  # e.g. --freeze-epochs 0
                 state.phase_index, state.epoch_in_phase = state.phase_index + 1, 0
                 continue
-            model.freeze_body(phase == "frozen")
+            model.freeze_body(phase == "frozen", config.train_bn)
             optimizer = torch.optim.AdamW(
                 _param_groups(model, config, peak), lr=peak, weight_decay=config.weight_decay
             )
@@ -246,8 +246,6 @@ def fit(
                 state.seconds += seconds
                 state.images_seen += len(train)
                 state.epoch_in_phase += 1
-                if on_epoch is not None:
-                    on_epoch(record)
                 if accuracy > state.best_accuracy:
                     state.best_accuracy, state.best_index = accuracy, len(state.history) - 1
                     state.stale_epochs = 0
@@ -262,6 +260,8 @@ def fit(
                 if on_state is not None:
                     # A finished phase's optimiser is not carried over: the next starts afresh.
                     on_state(model, None if phase_done else optimizer, state, generator)
+                if on_epoch is not None:  # after saving: a printed epoch is a kept epoch
+                    on_epoch(record)
     except KeyboardInterrupt:
         interrupted = True
     model.freeze_body(False)
