@@ -20,7 +20,7 @@ def test_seeded_augmentation_is_reproducible() -> None:
     assert torch.equal(first, again)
     assert not torch.equal(first, other)
     assert first.shape == images.shape and first.dtype == torch.float32
-    assert 0.0 <= float(first.min()) and float(first.max()) <= 1.0
+    assert float(first.min()) >= 0.0 and float(first.max()) <= 1.0
 
 
 def test_disabled_or_empty_augmentation_is_identity() -> None:

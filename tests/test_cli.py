@@ -85,7 +85,7 @@ def test_model_file_is_safetensors_with_its_card(trained_run: Path) -> None:
     header_length = int.from_bytes(raw[:8], "little")
     assert raw[8:9] == b"{" and json.loads(raw[8 : 8 + header_length])  # not a pickle/zip
     with safe_open(str(trained_run / "model.safetensors"), "pt") as handle:
-        assert any(k.startswith("head.") for k in handle.keys())
+        assert any(k.startswith("head.") for k in handle)
     card = json.loads((trained_run / "model.json").read_text())
     assert card["arch"] == "efficientnet_lite0"
     assert card["class_names"] == ["angry", "happy", "neutral", "sad", "surprise"]

@@ -104,7 +104,7 @@ def test_wrong_shapes_are_refused(tmp_path: Path) -> None:
     path = tmp_path / "bad.pth"
     torch.save(state, path)
     arch = get_architecture("resnet18")
-    with pytest.raises(WeightsError, match="fc.weight"):
+    with pytest.raises(WeightsError, match=r"fc\.weight"):
         resolve_and_load(arch, build_imagenet_network(arch), str(path))
 
 

@@ -241,7 +241,7 @@ def _cmd_archs(args: argparse.Namespace) -> int:
     from ferlab.models import ARCHITECTURES, build_model, count_parameters
     from ferlab.weights import default_architecture, find_weights, how_to_get
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for arch in ARCHITECTURES.values():
         source = find_weights(arch)
         rows.append({

@@ -106,7 +106,7 @@ def _jsonable(value: Any) -> Any:
 
 def config_to_dict(config: RunConfig) -> dict[str, Any]:
     """A JSON-ready view of the config (paths as strings, tuples as lists)."""
-    return _jsonable(dataclasses.asdict(config))  # type: ignore[no-any-return]
+    return _jsonable(dataclasses.asdict(config))
 
 
 def _path_or_none(value: str | None) -> Path | None:

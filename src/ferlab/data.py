@@ -198,10 +198,9 @@ def load_image(path: Path, image_size: int) -> np.ndarray:
 
     Raises OSError/ValueError (PIL's own) for unreadable or truncated files.
     """
-    with Image.open(path) as image:
-        image.load()  # forces a full decode, so truncated files fail here and not mid-epoch
-        image = ImageOps.exif_transpose(image) or image
-        rgb = _to_rgb(image)
+    with Image.open(path) as opened:
+        opened.load()  # forces a full decode, so truncated files fail here and not mid-epoch
+        rgb = _to_rgb(ImageOps.exif_transpose(opened) or opened)
     square = ImageOps.fit(rgb, (image_size, image_size), Image.Resampling.BILINEAR)
     return np.asarray(square, dtype=np.uint8)
 

@@ -165,7 +165,7 @@ class FerNet(nn.Module):
         self.head = head
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(images))  # type: ignore[no-any-return]
+        return self.head(self.body(images))
 
     def body_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
         """Body parameters split into (early, late) halves by count, for discriminative rates."""

@@ -16,11 +16,11 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from ferlab.evaluate import TopLoss  # noqa: E402
-from ferlab.train import EpochRecord  # noqa: E402
+from ferlab.evaluate import TopLoss
+from ferlab.train import EpochRecord
 
 __all__ = [
     "RunReport",
@@ -39,7 +39,7 @@ COLUMNS = ("epoch", "train_loss", "valid_loss", "accuracy", "time")
 
 
 def _clock(seconds: float) -> str:
-    minutes, secs = divmod(int(round(seconds)), 60)
+    minutes, secs = divmod(round(seconds), 60)
     return f"{minutes:02d}:{secs:02d}"
 
 

@@ -80,7 +80,7 @@ def draw_face(expression: str, image_size: int, rng: np.random.Generator) -> Ima
     tone = rng.uniform(0.35, 1.0)
     skin = (int(255 * tone), int(200 * tone), int(160 * tone), 255)
     draw.ellipse([cx - r * 0.82, cy - r, cx + r * 0.82, cy + r], fill=skin)
-    hair = tuple(int(c) for c in rng.integers(0, 120, 3)) + (255,)
+    hair = (*tuple(int(c) for c in rng.integers(0, 120, 3)), 255)
     _brows(draw, cx, cy, r, expression, rng, hair)
     _eyes(draw, cx, cy, r, expression, rng)
     _mouth(draw, cx, cy, r, expression, rng)

@@ -10,6 +10,7 @@ and the result says so; the state after each finished epoch can be saved and res
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -229,7 +230,7 @@ def fit(
                 try:
                     losses = _train_epoch(
                         model, optimizer, train, augment, mean_t, std_t, device, batch_size,
-                        generator, lambda s, t=total, p=pct_start: one_cycle(s, t, p),
+                        generator, functools.partial(one_cycle, total=total, pct_start=pct_start),
                         state.epoch_in_phase * steps_per_epoch, bar,
                     )
                 finally:

@@ -29,8 +29,8 @@ __all__ = [
     "WeightsError",
     "WeightsUnavailable",
     "available_architectures",
-    "default_architecture",
     "candidate_files",
+    "default_architecture",
     "find_weights",
     "load_into",
     "read_state_dict",
@@ -89,7 +89,7 @@ def torchvision_urls(arch: Architecture) -> list[str]:
     import torchvision
 
     enum = torchvision.models.get_model_weights(arch.source_name)
-    default = enum.DEFAULT  # type: ignore[attr-defined]
+    default = enum.DEFAULT
     # V1 weights (the ones the study's fastai used) come before the newer recipes.
     ordered = sorted(enum, key=lambda w: (w.name != "IMAGENET1K_V1", w is not default))
     return [w.url for w in ordered]
