@@ -202,3 +202,17 @@ def test_archs_lists_every_architecture(capsys: pytest.CaptureFixture[str], empt
     assert {"resnet34", "vgg19_bn", "efficientnet_lite0", "convnext_tiny"} <= names
     resnet = next(r for r in rows if r["arch"] == "resnet34")
     assert resnet["weights"] is None and "resnet34-b627a593.pth" in resnet["how_to_get"]
+
+
+def test_explicit_valid_folder_and_class_subset(faces: Path, test_faces: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    code = main(["train", str(faces), "--valid", str(test_faces), "--classes", "happy,sad,surprise",
+                 "--arch", "mobilenet_v2", "--pretrained", "none", "--freeze-epochs", "0",
+                 "--out", str(run), *TRAIN])
+    assert code == 0
+    rows = [line.split(",") for line in (run / "split.csv").read_text().splitlines()[1:]]
+    valid = [r for r in rows if r[2] == "valid"]
+    assert len(valid) == 12 and all(r[0].startswith(str(test_faces)) for r in valid)
+    assert len(rows) - len(valid) == 36  # every training image of the three classes
+    card = json.loads((run / "model.json").read_text())
+    assert card["class_names"] == ["happy", "sad", "surprise"]
