@@ -85,7 +85,7 @@ def test_model_file_is_safetensors_with_its_card(trained_run: Path) -> None:
     header_length = int.from_bytes(raw[:8], "little")
     assert raw[8:9] == b"{" and json.loads(raw[8 : 8 + header_length])  # not a pickle/zip
     with safe_open(str(trained_run / "model.safetensors"), "pt") as handle:
-        assert any(k.startswith("head.") for k in handle)
+        assert any(k.startswith("head.") for k in handle.keys())  # noqa: SIM118 (safe_open is not iterable)
     card = json.loads((trained_run / "model.json").read_text())
     assert card["arch"] == "efficientnet_lite0"
     assert card["class_names"] == ["angry", "happy", "neutral", "sad", "surprise"]
@@ -216,3 +216,23 @@ def test_explicit_valid_folder_and_class_subset(faces: Path, test_faces: Path, t
     assert len(rows) - len(valid) == 36  # every training image of the three classes
     card = json.loads((run / "model.json").read_text())
     assert card["class_names"] == ["happy", "sad", "surprise"]
+
+
+def test_blurred_training_images_against_sharp_test_images_are_flagged(
+    faces: Path, test_faces: Path, tmp_path: Path
+) -> None:
+    from PIL import Image, ImageFilter
+
+    blurred = tmp_path / "blurred"
+    for source in faces.rglob("*.png"):
+        target = blurred / source.parent.name / source.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.open(source).filter(ImageFilter.GaussianBlur(2)).save(target)
+    run = tmp_path / "run"
+    assert main(["train", str(blurred), "--test", str(test_faces), "--arch", "mobilenet_v2",
+                 "--pretrained", "none", "--freeze-epochs", "0", "--out", str(run), *TRAIN]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert len(metrics["data_shift_warnings"]) == 1
+    assert "test images differ" in metrics["data_shift_warnings"][0] and "sharper" in metrics["data_shift_warnings"][0]
+    assert metrics["image_statistics"]["test"]["sharpness"] > 1.5 * metrics["image_statistics"]["train"]["sharpness"]
+    assert "sharper" in (run / "report.html").read_text()

@@ -153,3 +153,17 @@ def test_split_file_round_trip(tmp_path: Path) -> None:
     other = decode_images(discover(_tree(tmp_path / "other", {"a": 2, "b": 2})), 8)
     with pytest.raises(DataError, match="matches none"):
         read_split(tmp_path / "split.csv", other)
+
+
+def test_shift_between_image_sets_is_described() -> None:
+    import torch
+
+    from ferlab.data import describe_shift, image_statistics
+
+    generator = torch.Generator().manual_seed(0)
+    sharp = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8, generator=generator)
+    blurred = torch.nn.functional.avg_pool2d(sharp.float(), 5, 1, 2).to(torch.uint8)
+    reference = image_statistics(sharp)
+    assert describe_shift(reference, image_statistics(sharp[:4]), "test") is None
+    message = describe_shift(reference, image_statistics(blurred), "test")
+    assert message is not None and "blurrier" in message

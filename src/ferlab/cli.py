@@ -185,7 +185,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from ferlab.checkpoint import load_model
-    from ferlab.data import decode_images, discover_for_model
+    from ferlab.data import decode_images, describe_shift, discover_for_model, image_statistics
     from ferlab.evaluate import evaluate, summarize
     from ferlab.report import plot_confusion
     from ferlab.train import pick_device
@@ -195,6 +195,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     files = discover_for_model(args.data, card.class_names)
     images = decode_images(files, card.image_size, require_every_class=False)
     metrics = summarize(evaluate(model, images, card.mean, card.std, device, args.data.name, args.batch_size))
+    reference = card.metrics.get("train_image_statistics")
+    metrics["image_statistics"] = image_statistics(images.images)
+    shift = describe_shift(reference, metrics["image_statistics"], args.data.name) if reference else None
+    metrics["data_shift_warnings"] = [shift] if shift else []
+    if shift:
+        print(f"warning: {shift}", file=sys.stderr)
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")

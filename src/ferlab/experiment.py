@@ -29,7 +29,9 @@ from ferlab.data import (
     DataError,
     ImageSet,
     decode_images,
+    describe_shift,
     discover,
+    image_statistics,
     read_split,
     stratified_split,
     write_split,
@@ -150,6 +152,20 @@ def _augmented_samples(config: RunConfig, train: ImageSet, path: Path) -> Path:
     return plot_image_grid(_hwc(augmented), titles, path, columns=4, title="Augmented training samples")
 
 
+def _data_shift(data: PreparedData) -> tuple[dict[str, dict[str, float]], list[str]]:
+    """Image statistics per split, and a warning for each split that differs from train."""
+    statistics = {"train": image_statistics(data.train.images), "valid": image_statistics(data.valid.images)}
+    if data.test is not None:
+        statistics["test"] = image_statistics(data.test.images)
+    notes = [
+        note
+        for split in statistics
+        if split != "train"
+        and (note := describe_shift(statistics["train"], statistics[split], split)) is not None
+    ]
+    return statistics, notes
+
+
 def _write_json(path: Path, value: Any) -> None:
     path.write_text(json.dumps(value, indent=2) + "\n")
 
@@ -221,6 +237,9 @@ def train_run(
     if data.skipped:
         echo(f"skipped {len(data.skipped)} file(s); they are listed in metrics.json and the report")
     figures = [_augmented_samples(config, data.train, run_dir / "augmented_samples.png")]
+    statistics, shift_notes = _data_shift(data)
+    for note in shift_notes:
+        echo(f"warning: {note}")
 
     model_path = run_dir / "model.safetensors"
     last_phase = [state.history[-1].phase if state and state.history else ""]
@@ -246,7 +265,7 @@ def train_run(
     )
     if not model_path.is_file():
         raise TrainingInterrupted("stopped before the first epoch finished; nothing was saved")
-    notes: list[str] = []
+    notes: list[str] = list(shift_notes)
     if fitted.interrupted:
         notes.append(
             f"Interrupted after {len(fitted.history)} epoch(s); results are for the best finished "
@@ -276,10 +295,13 @@ def train_run(
         "weight_source": source.describe(),
         **metrics,
         "training": training,
+        "image_statistics": statistics,
+        "data_shift_warnings": shift_notes,
         "skipped": list(data.skipped),
     }
     _write_json(run_dir / "metrics.json", all_metrics)
     compact = {s: {k: m[k] for k in ("accuracy", "macro_f1", "loss", "images")} for s, m in metrics.items()}
+    compact["train_image_statistics"] = statistics["train"]
     save_model(model, _card(config, class_names, source, compact), model_path)
     with open(run_dir / "history.csv", "w") as handle:
         handle.write("phase,epoch,train_loss,valid_loss,accuracy,time_seconds\n")
