@@ -63,6 +63,13 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def _add_engine_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--engine", choices=("auto", "onnx", "torch"), default="auto",
+        help="inference engine: auto = ONNX Runtime when installed and matching PyTorch, else PyTorch",
+    )
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ferlab", description="Facial expression recognition by transfer learning."
@@ -91,6 +98,7 @@ def _build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", type=Path, help="also write metrics.json and confusion_matrix.png here")
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--batch-size", type=int, default=128)
+    _add_engine_option(evaluate)
 
     predict = commands.add_parser("predict", help="label face images with per-class probabilities")
     predict.add_argument("model", type=Path, help="run folder or model.safetensors")
@@ -98,6 +106,12 @@ def _build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--format", choices=("table", "json", "csv"), default="table")
     predict.add_argument("--device", default="auto")
     predict.add_argument("--batch-size", type=int, default=64)
+    _add_engine_option(predict)
+
+    export = commands.add_parser("export", help="write a model as ONNX, checked against PyTorch")
+    export.add_argument("model", type=Path, help="run folder or model.safetensors")
+    export.add_argument("--onnx", action="store_true", required=True, help="export to ONNX (the one format so far)")
+    export.add_argument("--out", type=Path, help="where to write it (default: model.onnx beside the weights)")
 
     archs = commands.add_parser("archs", help="list architectures and where their weights are")
     archs.add_argument("--format", choices=("table", "json"), default="table")
@@ -184,17 +198,17 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from ferlab.checkpoint import load_model
     from ferlab.data import decode_images, describe_shift, discover_for_model, image_statistics
     from ferlab.evaluate import evaluate, summarize
+    from ferlab.predict import Predictor
     from ferlab.report import plot_confusion
-    from ferlab.train import pick_device
 
-    device = pick_device(args.device)
-    model, card = load_model(args.model, device)
+    predictor = Predictor.load(args.model, args.device, args.engine)
+    card = predictor.card
     files = discover_for_model(args.data, card.class_names)
     images = decode_images(files, card.image_size, require_every_class=False)
-    metrics = summarize(evaluate(model, images, card.mean, card.std, device, args.data.name, args.batch_size))
+    metrics = summarize(evaluate(predictor.engine, images, card.mean, card.std, args.data.name, args.batch_size))
+    metrics["engine_reason"] = predictor.engine_reason
     reference = card.metrics.get("train_image_statistics")
     metrics["image_statistics"] = image_statistics(images.images)
     shift = describe_shift(reference, metrics["image_statistics"], args.data.name) if reference else None
@@ -220,7 +234,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from ferlab.predict import Predictor
 
-    predictor = Predictor.load(args.model, args.device)
+    predictor = Predictor.load(args.model, args.device, args.engine)
     predictions = predictor.predict_files(args.inputs, args.batch_size)
     names = predictor.class_names
     if args.format == "json":
@@ -241,6 +255,30 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             else:
                 print(f"{p.path:<{width}}  {p.label:<10}  " + "  ".join(f"{p.scores[n]:>8.3f}" for n in names))
     return 0 if any(p.error is None for p in predictions) else 1
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from ferlab.checkpoint import load_model, resolve_model_path
+    from ferlab.engine import (
+        EngineUnavailable,
+        OnnxEngine,
+        check_parity,
+        export_onnx,
+        onnx_runtime_available,
+        weights_digest,
+    )
+
+    if not onnx_runtime_available():
+        raise EngineUnavailable("ferlab export --onnx needs onnx and onnxruntime: pip install 'ferlab[onnx]'")
+    weights = resolve_model_path(args.model)
+    model, card = load_model(weights, "cpu")
+    path = export_onnx(model, card.image_size, args.out or weights.with_suffix(".onnx"), weights_digest(model))
+    parity = check_parity(model, OnnxEngine(path), card.image_size)
+    verdict = "matches" if parity.passed else "DOES NOT match"
+    _echo(f"wrote {path}; it {verdict} PyTorch (max probability difference "
+          f"{parity.max_probability_difference:.2e}, max logit difference {parity.max_logit_difference:.2e} "
+          f"on {parity.images} random images)")
+    return 0 if parity.passed else 1
 
 
 def _cmd_archs(args: argparse.Namespace) -> int:
@@ -305,6 +343,7 @@ COMMANDS = {
     "compare": _cmd_compare,
     "evaluate": _cmd_evaluate,
     "predict": _cmd_predict,
+    "export": _cmd_export,
     "archs": _cmd_archs,
     "demo": _cmd_demo,
 }
@@ -322,6 +361,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     from ferlab.data import DataError
+    from ferlab.engine import EngineUnavailable
     from ferlab.experiment import TrainingInterrupted
     from ferlab.models import UnknownArchitecture
     from ferlab.weights import WeightsError, WeightsUnavailable
@@ -334,7 +374,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (DataError, UnknownArchitecture, WeightsError, WeightsUnavailable, FileNotFoundError, ValueError) as error:
+    except (DataError, UnknownArchitecture, WeightsError, WeightsUnavailable, EngineUnavailable,
+            FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
 

@@ -21,6 +21,7 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from ferlab.augment import normalize
 from ferlab.data import ImageSet, SkippedFile, batches
+from ferlab.engine import Engine
 
 __all__ = [
     "Evaluation",
@@ -45,6 +46,7 @@ class Evaluation:
     probabilities: np.ndarray  # (N, C), rows sum to 1
     images_per_second: float
     skipped: tuple[SkippedFile, ...] = ()
+    engine: str = "torch"  # which inference engine produced the probabilities
 
     @property
     def predictions(self) -> np.ndarray:
@@ -67,35 +69,31 @@ class TopLoss:
     probability: float  # of the actual class
 
 
-@torch.no_grad()
 def predict_probabilities(
-    model: torch.nn.Module, images: torch.Tensor, mean: Sequence[float], std: Sequence[float],
-    device: torch.device, batch_size: int = 128,
+    engine: Engine, images: torch.Tensor, mean: Sequence[float], std: Sequence[float],
+    batch_size: int = 128,
 ) -> tuple[np.ndarray, float]:
-    """Softmax outputs for uint8 images (N, 3, S, S) and the seconds the model took."""
-    model.eval().to(device)
-    mean_t = torch.tensor(mean, device=device)
-    std_t = torch.tensor(std, device=device)
+    """Softmax outputs for uint8 images (N, 3, S, S) and the seconds the engine took."""
+    mean_t = torch.tensor(mean)
+    std_t = torch.tensor(std)
     outputs: list[torch.Tensor] = []
     seconds = 0.0
     for index in batches(len(images), batch_size, shuffle=False):
-        inputs = normalize(images[index].to(device), mean_t, std_t)
+        inputs = normalize(images[index], mean_t, std_t)
         start = time.perf_counter()
-        logits = model(inputs)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        logits = engine.logits(inputs)  # returns on the CPU, so the clock includes the device
         seconds += time.perf_counter() - start
-        outputs.append(F.softmax(logits.float(), dim=1).cpu())
+        outputs.append(F.softmax(logits.float(), dim=1))
     if not outputs:
         return np.zeros((0, 0), dtype=np.float32), 0.0
     return torch.cat(outputs).numpy(), seconds
 
 
 def evaluate(
-    model: torch.nn.Module, images: ImageSet, mean: Sequence[float], std: Sequence[float],
-    device: torch.device, split: str, batch_size: int = 128,
+    engine: Engine, images: ImageSet, mean: Sequence[float], std: Sequence[float],
+    split: str, batch_size: int = 128,
 ) -> Evaluation:
-    probabilities, seconds = predict_probabilities(model, images.images, mean, std, device, batch_size)
+    probabilities, seconds = predict_probabilities(engine, images.images, mean, std, batch_size)
     return Evaluation(
         split=split,
         class_names=images.class_names,
@@ -104,6 +102,7 @@ def evaluate(
         probabilities=probabilities,
         images_per_second=len(images) / seconds if seconds else 0.0,
         skipped=images.skipped,
+        engine=engine.name,
     )
 
 
@@ -134,6 +133,7 @@ def summarize(evaluation: Evaluation) -> dict[str, Any]:
             {"actual": a, "predicted": p, "count": n} for a, p, n in most_confused(matrix, evaluation.class_names)
         ],
         "images_per_second": evaluation.images_per_second,
+        "engine": evaluation.engine,
         "skipped": [{"path": str(s.path), "reason": s.reason} for s in evaluation.skipped],
     }
 

@@ -36,6 +36,7 @@ from ferlab.data import (
     stratified_split,
     write_split,
 )
+from ferlab.engine import select_engine
 from ferlab.evaluate import Evaluation, compare_errors, evaluate, summarize, top_losses
 from ferlab.models import FerNet, build_model, count_parameters, get_architecture
 from ferlab.report import (
@@ -274,9 +275,11 @@ def train_run(
         echo(notes[-1])
     model.load_state_dict(load_file(str(model_path)))  # the best checkpoint, not the last epoch
 
-    evaluations = {"valid": evaluate(model, data.valid, arch.mean, arch.std, device, "valid")}
+    choice = select_engine(model, config.data.image_size, model_path, device, config.train.inference_engine)
+    echo(f"inference engine: {choice.reason}")
+    evaluations = {"valid": evaluate(choice.engine, data.valid, arch.mean, arch.std, "valid")}
     if data.test is not None:
-        evaluations["test"] = evaluate(model, data.test, arch.mean, arch.std, device, "test")
+        evaluations["test"] = evaluate(choice.engine, data.test, arch.mean, arch.std, "test")
     metrics = {split: summarize(e) for split, e in evaluations.items()}
     best = fitted.history[fitted.best_index]
     training = {
@@ -289,12 +292,18 @@ def train_run(
         "interrupted": fitted.interrupted,
         "device": str(device),
     }
+    inference = {
+        "engine": choice.engine.name,
+        "reason": choice.reason,
+        "parity": dataclasses.asdict(choice.parity) if choice.parity is not None else None,
+    }
     all_metrics = {
         "arch": arch.name,
         "pretrained": source.kind != "none",
         "weight_source": source.describe(),
         **metrics,
         "training": training,
+        "inference": inference,
         "image_statistics": statistics,
         "data_shift_warnings": shift_notes,
         "skipped": list(data.skipped),

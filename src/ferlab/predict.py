@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ferlab.checkpoint import ModelCard, load_model
+from ferlab.checkpoint import ModelCard, load_model, resolve_model_path
 from ferlab.data import IMAGE_EXTENSIONS, list_images, try_load_image
+from ferlab.engine import Engine, EngineChoice, TorchEngine, select_engine
 from ferlab.evaluate import predict_probabilities
 from ferlab.train import pick_device
 
@@ -56,19 +57,30 @@ def expand_inputs(inputs: Iterable[Path]) -> list[Path | tuple[Path, str]]:
 
 
 class Predictor:
-    """A loaded model ready to label faces."""
+    """A loaded model ready to label faces, on the fastest correct engine (see `engine.py`)."""
 
-    def __init__(self, model: torch.nn.Module, card: ModelCard, device: torch.device) -> None:
-        self.model = model.eval().to(device)
+    def __init__(self, engine: Engine, card: ModelCard, engine_reason: str = "") -> None:
+        self.engine = engine
         self.card = card
-        self.device = device
+        self.engine_reason = engine_reason or engine.name
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "auto") -> Predictor:
-        """From a run folder or a model.safetensors with its model.json beside it."""
+    def from_model(cls, model: torch.nn.Module, card: ModelCard, device: str = "cpu") -> Predictor:
+        """Wrap an in-memory network with PyTorch as the engine."""
+        return cls(TorchEngine(model, pick_device(device)), card)
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "auto", engine: str = "auto") -> Predictor:
+        """From a run folder or a model.safetensors with its model.json beside it.
+
+        `engine` is "auto" (ONNX Runtime when installed and matching PyTorch), "onnx" or "torch".
+        """
         resolved = pick_device(device)
         model, card = load_model(Path(path), resolved)
-        return cls(model, card, resolved)
+        choice: EngineChoice = select_engine(
+            model, card.image_size, resolve_model_path(Path(path)), resolved, engine
+        )
+        return cls(choice.engine, card, choice.reason)
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -77,9 +89,7 @@ class Predictor:
     def predict_arrays(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
         """uint8 (N, S, S, 3) at the model's input size -> probabilities (N, C)."""
         tensor = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
-        probabilities, _ = predict_probabilities(
-            self.model, tensor, self.card.mean, self.card.std, self.device, batch_size
-        )
+        probabilities, _ = predict_probabilities(self.engine, tensor, self.card.mean, self.card.std, batch_size)
         return probabilities
 
     def _prediction(self, path: Path, probabilities: np.ndarray) -> Prediction:
