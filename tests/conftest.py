@@ -12,9 +12,11 @@ REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fe
 
 
 @pytest.fixture(autouse=True)
-def offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tests never touch the network: weights come from local files or not at all."""
+def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Tests never touch the network (weights come from local files or not at all) and keep
+    their decode cache in their own folder, never in the user's."""
     monkeypatch.setenv("FERLAB_OFFLINE", "1")
+    monkeypatch.setenv("FERLAB_CACHE", str(tmp_path / "ferlab-cache"))
 
 
 @pytest.fixture

@@ -59,8 +59,11 @@ def test_train_leaves_every_artefact(trained_run: Path) -> None:
     assert metrics["test"]["images"] == 20
     assert metrics["training"]["images_per_second"] > 0 and metrics["training"]["seconds"] > 0
     history = (trained_run / "history.csv").read_text().splitlines()
-    assert history[0] == "phase,epoch,train_loss,valid_loss,accuracy,time_seconds" and len(history) == 3
+    # The fast recipe: 2 frozen epochs (on cached features) + the 1 unfrozen epoch asked for.
+    assert history[0] == "phase,epoch,train_loss,valid_loss,accuracy,time_seconds" and len(history) == 4
+    assert [row.split(",")[:2] for row in history[1:]] == [["frozen", "0"], ["frozen", "1"], ["unfrozen", "0"]]
     config = json.loads((trained_run / "config.json").read_text())
+    assert config["recipe"] == "fast" and config["train"]["cache_features"] is True
     assert config["versions"]["torch"] == torch.__version__
     assert config["model"]["arch"] == "efficientnet_lite0"
     assert config["weight_source"]["kind"] in ("package", "cache", "none")
@@ -158,11 +161,11 @@ def test_ctrl_c_saves_and_resume_finishes(faces: Path, tmp_path: Path) -> None:
     assert process.wait(timeout=300) == 0, output
     assert "Continue with: ferlab train --resume" in output
     rows_before = len((run / "history.csv").read_text().splitlines()) - 1
-    assert 1 <= rows_before < 7
+    assert 1 <= rows_before < 8
     assert "Interrupted after" in (run / "report.html").read_text()
     assert main(["train", "--resume", str(run), "--no-progress"]) == 0
     history = (run / "history.csv").read_text().splitlines()[1:]
-    assert [row.split(",")[:2] for row in history] == [["frozen", "0"]] + [["unfrozen", str(i)] for i in range(6)]
+    assert [row.split(",")[:2] for row in history] == [["frozen", "0"], ["frozen", "1"]] + [["unfrozen", str(i)] for i in range(6)]
     assert "Interrupted" not in (run / "report.html").read_text()
 
 

@@ -167,3 +167,48 @@ def test_shift_between_image_sets_is_described() -> None:
     assert describe_shift(reference, image_statistics(sharp[:4]), "test") is None
     message = describe_shift(reference, image_statistics(blurred), "test")
     assert message is not None and "blurrier" in message
+
+
+def test_decode_cache_serves_identical_images_and_rereads_changed_files(tmp_path: Path) -> None:
+    import torch
+
+    from ferlab.image_cache import ImageCache
+    from ferlab.models import build_model
+
+    root = _tree(tmp_path / "data", {"happy": 4, "sad": 4})
+    plain = decode_images(discover(root), 16)
+    cache = ImageCache(tmp_path / "cache")
+    first = decode_images(discover(root), 16, cache=cache)
+    assert (cache.hits, cache.misses) == (0, 8)
+    second = decode_images(discover(root), 16, cache=cache)
+    assert (cache.hits, cache.misses) == (8, 8)
+    assert torch.equal(plain.images, first.images) and torch.equal(plain.images, second.images)
+    # The same weights give the same predictions on cached and freshly decoded images.
+    torch.manual_seed(0)
+    model = build_model("resnet18", 2).eval()
+    with torch.no_grad():
+        assert torch.equal(model(plain.images.float() / 255), model(second.images.float() / 255))
+
+    # A file rewritten in place (same name, new pixels) misses and is decoded afresh.
+    changed = root / "sad" / "002.png"
+    Image.fromarray(np.full((20, 24, 3), 200, dtype=np.uint8)).save(changed)
+    third = decode_images(discover(root), 16, cache=cache)
+    assert (cache.hits, cache.misses) == (15, 9)
+    index = third.paths.index(changed)
+    assert int(third.images[index].float().mean()) == 200
+    assert torch.equal(third.images[index], decode_images(discover(root), 16).images[index])
+    # Another size is another entry.
+    decode_images(discover(root), 8, cache=cache)
+    assert cache.misses == 17
+
+
+def test_a_damaged_cache_entry_is_decoded_again(tmp_path: Path) -> None:
+    from ferlab.image_cache import ImageCache
+
+    root = _tree(tmp_path / "data", {"happy": 2, "sad": 2})
+    cache = ImageCache(tmp_path / "cache")
+    reference = decode_images(discover(root), 16, cache=cache)
+    for entry in cache.root.rglob("*.npy"):
+        entry.write_bytes(b"garbage")
+    again = decode_images(discover(root), 16, cache=cache)
+    assert cache.hits == 0 and again.images.equal(reference.images)

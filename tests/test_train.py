@@ -103,3 +103,45 @@ def test_early_stopping_on_accuracy(faces: Path) -> None:
                  batch_size=16, device=torch.device("cpu"))
     assert result.stopped_early
     assert len(result.history) == 3 and result.best_index == 0
+
+
+def _frozen_only(faces: Path, augment: AugmentConfig, **config: object) -> tuple[torch.nn.Module, object]:
+    train, valid = _data(faces)
+    torch.manual_seed(0)
+    arch = get_architecture("resnet18")
+    model = build_model(arch.name, 5)
+    settings = TrainConfig(freeze_epochs=3, epochs=0, lr=3e-3, seed=0, **config)  # type: ignore[arg-type]
+    result = fit(model, train, valid, settings, augment, mean=arch.mean, std=arch.std,
+                 batch_size=16, device=torch.device("cpu"))
+    return model, result
+
+
+def test_cached_frozen_phase_matches_the_direct_one(faces: Path) -> None:
+    """Same weights, same data: training the head on cached features changes nothing but speed."""
+    plain = AugmentConfig(enabled=False)
+    direct_model, direct = _frozen_only(faces, plain)
+    cached_model, cached = _frozen_only(faces, plain, cache_features=True, channels_last=True)
+    assert [(r.phase, r.epoch) for r in cached.history] == [("frozen", 0), ("frozen", 1), ("frozen", 2)]
+    for a, b in zip(cached.history, direct.history, strict=True):
+        assert a.valid_loss == pytest.approx(b.valid_loss, rel=1e-4)
+        assert a.accuracy == b.accuracy
+    images = torch.randn(4, 3, 32, 32)
+    assert torch.allclose(cached_model.eval()(images), direct_model.eval()(images), atol=1e-4)
+
+
+def test_cached_frozen_phase_still_augments(faces: Path) -> None:
+    from ferlab.train import pooled_features
+
+    train, _ = _data(faces)
+    model = build_model("resnet18", 5)
+    model.freeze_body(True)
+    mean, std = torch.tensor([0.5] * 3), torch.tensor([0.25] * 3)
+    args = (model, train.images, mean, std, torch.device("cpu"), 32, False)
+    assert torch.equal(pooled_features(*args), pooled_features(*args))  # a frozen body is a fixed function
+    generator = torch.Generator().manual_seed(0)
+    first = pooled_features(*args, AugmentConfig(), generator)
+    second = pooled_features(*args, AugmentConfig(), generator)
+    assert not torch.allclose(first, second)  # each view is a fresh augmentation
+    _, plain = _frozen_only(faces, AugmentConfig(enabled=False), cache_features=True)
+    _, augmented = _frozen_only(faces, AugmentConfig(), cache_features=True, feature_views=2)
+    assert [r.train_loss for r in augmented.history] != [r.train_loss for r in plain.history]

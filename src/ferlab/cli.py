@@ -34,13 +34,15 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--valid", type=Path, help="an explicit validation folder instead of a random split")
     group.add_argument("--test", type=Path, help="a test folder, evaluated once at the end with the best checkpoint")
     group.add_argument("--split-file", type=Path, help="reuse the split.csv of an earlier run")
-    group.add_argument("--image-size", type=int, default=224, help="input size in pixels (default 224, the study's)")
-    group.add_argument("--batch-size", type=int, default=64, help="default 64, the study's")
+    group.add_argument("--image-size", type=int,
+                       help="input size in pixels (fast recipe: the images' own size, 64-112 px on a CPU, 224 on a GPU; study: 224)")
+    group.add_argument("--batch-size", type=int, help="default 64, the study's")
     group.add_argument("--workers", type=int, default=0, help="image decoding threads (0 = one per core)")
     aug = parser.add_argument_group("augmentation (the study's fastai aug_transforms)")
     aug.add_argument("--no-augment", action="store_true", help="turn every augmentation off")
     aug.add_argument("--no-flip", action="store_true", help="no horizontal flips")
-    aug.add_argument("--flip-vertical", action="store_true", help="also flip vertically (the study did)")
+    aug.add_argument("--flip-vertical", action=argparse.BooleanOptionalAction,
+                     help="also flip vertically (the study did; on in --recipe study)")
     aug.add_argument("--max-rotate", type=float, default=10.0, help="degrees (default 10)")
     aug.add_argument("--max-zoom", type=float, default=1.1, help="default 1.1")
     aug.add_argument("--max-warp", type=float, default=0.2, help="perspective warp (default 0.2)")
@@ -49,14 +51,22 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
 
 def _add_training_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("training")
+    group.add_argument("--recipe", choices=("fast", "study"), default="fast",
+                       help="fast (default): ferlab's CPU-aware settings; study: the study's literally (224 px, 1+3 epochs, batch 64)")
     group.add_argument("--pretrained", default="auto",
                        help="auto (must find ImageNet weights), if-available, none (from scratch), or PATH to a state dict")
-    group.add_argument("--freeze-epochs", type=int, default=1, help="epochs with the body frozen (default 1)")
-    group.add_argument("--epochs", type=int, default=3, help="unfrozen epochs (default 3, the study's)")
-    group.add_argument("--lr", type=float, default=2e-3, help="peak learning rate of the head (default 2e-3)")
+    group.add_argument("--freeze-epochs", type=int, help="epochs with the body frozen (fast: 2 on cached features; study: 1)")
+    group.add_argument("--epochs", type=int, help="unfrozen epochs (default 3, the study's)")
+    group.add_argument("--lr", type=float, help="peak learning rate of the head (default 2e-3)")
     group.add_argument("--patience", type=int, default=3, help="early stopping patience in epochs (default 3)")
-    group.add_argument("--train-bn", action="store_true",
-                       help="let the frozen body's BatchNorm layers train, as fastai does (off: see config.py)")
+    group.add_argument("--train-bn", action=argparse.BooleanOptionalAction,
+                       help="let the frozen body's BatchNorm layers train, as fastai does (study: on; fast: off, see config.py)")
+    group.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
+                       help="channels_last memory format (fast: on for a CPU except VGG)")
+    group.add_argument("--cache-features", action=argparse.BooleanOptionalAction,
+                       help="frozen phase on cached body features (fast: on)")
+    group.add_argument("--decode-cache", action=argparse.BooleanOptionalAction,
+                       help="keep decoded images on disk, keyed by content (fast: on; folder: $FERLAB_CACHE or ~/.cache/ferlab)")
     group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     group.add_argument("--seed", type=int, default=42)
     group.add_argument("--out", type=Path, help="run folder (default runs/<timestamp>-<arch>)")
@@ -122,38 +132,60 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _augment_config(args: argparse.Namespace) -> Any:
-    from ferlab.config import AugmentConfig
-
-    return AugmentConfig(
-        enabled=not args.no_augment,
-        flip_horizontal=not args.no_flip,
-        flip_vertical=args.flip_vertical,
-        max_rotate=args.max_rotate,
-        max_zoom=args.max_zoom,
-        max_warp=args.max_warp,
-        max_lighting=args.max_lighting,
-    )
+def _pick(value: Any, recipe_value: Any) -> Any:
+    """An explicit command-line value wins over the recipe's."""
+    return recipe_value if value is None else value
 
 
-def _run_config(args: argparse.Namespace, arch: str, out_dir: Path) -> Any:
-    from ferlab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+def _classes(args: argparse.Namespace) -> tuple[str, ...] | None:
+    return tuple(c.strip() for c in args.classes.split(",") if c.strip()) if args.classes else None
 
-    classes = tuple(c.strip() for c in args.classes.split(",") if c.strip()) if args.classes else None
+
+def _native_size(args: argparse.Namespace) -> int | None:
+    """The data's own resolution, which the fast recipe sizes its inputs by."""
+    from ferlab.data import discover
+    from ferlab.recipes import native_size
+
+    if args.recipe != "fast" or args.image_size is not None:
+        return None
+    return native_size(discover(args.data, _classes(args)).paths)
+
+
+def _run_config(args: argparse.Namespace, arch: str, out_dir: Path, native: int | None) -> Any:
+    """The run's settings: the recipe's, with every option given on the command line on top."""
+    from ferlab.config import AugmentConfig, DataConfig, ModelConfig, RunConfig, TrainConfig
+    from ferlab.recipes import resolve_recipe
+    from ferlab.train import pick_device
+
+    recipe = resolve_recipe(args.recipe, pick_device(args.device), arch, native)
     return RunConfig(
         data=DataConfig(
-            root=args.data, classes=classes, valid_fraction=args.valid_fraction,
+            root=args.data, classes=_classes(args), valid_fraction=args.valid_fraction,
             valid_dir=args.valid, test_dir=args.test, split_file=args.split_file,
-            image_size=args.image_size, batch_size=args.batch_size, workers=args.workers,
+            image_size=_pick(args.image_size, recipe.image_size),
+            batch_size=_pick(args.batch_size, recipe.batch_size), workers=args.workers,
+            decode_cache=_pick(args.decode_cache, recipe.decode_cache),
         ),
         out_dir=out_dir,
         model=ModelConfig(arch=arch, pretrained=args.pretrained),
         train=TrainConfig(
-            freeze_epochs=args.freeze_epochs, epochs=args.epochs, lr=args.lr,
+            freeze_epochs=_pick(args.freeze_epochs, recipe.freeze_epochs),
+            epochs=_pick(args.epochs, recipe.epochs), lr=_pick(args.lr, recipe.lr),
             patience=args.patience, device=args.device, seed=args.seed,
-            train_bn=args.train_bn,
+            train_bn=_pick(args.train_bn, recipe.train_bn),
+            channels_last=_pick(args.channels_last, recipe.channels_last),
+            cache_features=_pick(args.cache_features, recipe.cache_features),
         ),
-        augment=_augment_config(args),
+        augment=AugmentConfig(
+            enabled=not args.no_augment,
+            flip_horizontal=not args.no_flip,
+            flip_vertical=_pick(args.flip_vertical, recipe.flip_vertical),
+            max_rotate=args.max_rotate,
+            max_zoom=args.max_zoom,
+            max_warp=args.max_warp,
+            max_lighting=args.max_lighting,
+        ),
+        recipe=recipe.name,
     )
 
 
@@ -181,8 +213,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from ferlab.models import get_architecture
 
     get_architecture(arch)
-    config = _run_config(args, arch, args.out or Path("runs") / f"{_timestamp()}-{arch}")
-    _echo(f"run folder: {config.out_dir}")
+    config = _run_config(args, arch, args.out or Path("runs") / f"{_timestamp()}-{arch}", _native_size(args))
+    _echo(f"run folder: {config.out_dir} (recipe {config.recipe}, {config.data.image_size} px)")
     data = prepare_data(config, _echo, progress)
     train_run(config, data, _echo, progress, show_model=args.show_model)
     return 0
@@ -190,9 +222,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_compare(args: argparse.Namespace) -> int:
     from ferlab.experiment import compare_runs
+    from ferlab.models import get_architecture
 
-    config = _run_config(args, args.arch[0], args.out or Path("runs") / f"{_timestamp()}-compare")
-    _, report = compare_runs(config, args.arch, _echo, not args.no_progress)
+    for name in args.arch:
+        get_architecture(name)  # fail on a typo before anything is read
+    out = args.out or Path("runs") / f"{_timestamp()}-compare"
+    native = _native_size(args)
+    configs = [_run_config(args, name, out / name, native) for name in args.arch]
+    _, report = compare_runs(configs, out, _echo, not args.no_progress)
     _echo(f"comparison: {report}")
     return 0
 
@@ -311,7 +348,9 @@ def _cmd_archs(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from ferlab.config import AugmentConfig, DataConfig, ModelConfig, RunConfig, TrainConfig
     from ferlab.experiment import compare_runs
+    from ferlab.recipes import resolve_recipe
     from ferlab.synthetic import generate_dataset
+    from ferlab.train import pick_device
     from ferlab.weights import available_architectures
 
     data_dir = args.out / "data"
@@ -324,16 +363,23 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     have = {arch.name for arch, _ in available_architectures()}
     archs = [a for a in cheap_first if a in have][:2]
     archs += [a for a in ("resnet18", "mobilenet_v2") if a not in archs][: 2 - len(archs)]
-    config = RunConfig(
-        # Small images and batches: many optimiser steps on few images within the time budget.
-        data=DataConfig(root=data_dir, image_size=96, batch_size=16),
-        out_dir=args.out / f"compare-{_timestamp()}",
-        model=ModelConfig(pretrained="if-available"),
-        train=TrainConfig(freeze_epochs=1, epochs=5),
-        augment=AugmentConfig(),
-    )
+    out = args.out / f"compare-{_timestamp()}"
+    device = pick_device("auto")
+
+    def demo_config(arch: str) -> RunConfig:
+        recipe = resolve_recipe("fast", device, arch, native=96)
+        return RunConfig(
+            # Small images and batches: many optimiser steps on few images within the time budget.
+            data=DataConfig(root=data_dir, image_size=96, batch_size=16),
+            out_dir=out / arch,
+            model=ModelConfig(arch=arch, pretrained="if-available"),
+            train=TrainConfig(freeze_epochs=1, epochs=5, channels_last=recipe.channels_last,
+                              cache_features=recipe.cache_features),
+            augment=AugmentConfig(),
+        )
+
     _echo(f"comparing {', '.join(archs)} on {data_dir} (96x96 px, 1 frozen + 5 unfrozen epochs)")
-    _, report = compare_runs(config, archs, _echo, progress=True)
+    _, report = compare_runs([demo_config(a) for a in archs], out, _echo, progress=True)
     _echo(f"\ndemo finished; open the comparison in a browser: {report.resolve()}")
     return 0
 

@@ -9,6 +9,7 @@ A file that cannot be read is skipped and reported with its reason, never fatal.
 from __future__ import annotations
 
 import csv
+import io
 import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +20,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ferlab.image_cache import ImageCache
+
 __all__ = [
     "IMAGE_EXTENSIONS",
     "DataError",
@@ -26,6 +29,7 @@ __all__ = [
     "LabelledFiles",
     "SkippedFile",
     "batches",
+    "decode_bytes",
     "decode_images",
     "describe_shift",
     "discover",
@@ -195,22 +199,35 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def load_image(path: Path, image_size: int) -> np.ndarray:
-    """Decode one file to uint8 (S, S, 3): EXIF-rotated, RGB, centre-cropped square, resized.
+def decode_bytes(data: bytes, image_size: int) -> np.ndarray:
+    """Decode one file's bytes to uint8 (S, S, 3): EXIF-rotated, RGB, centre-cropped, resized.
 
     Raises OSError/ValueError (PIL's own) for unreadable or truncated files.
     """
-    with Image.open(path) as opened:
+    with Image.open(io.BytesIO(data)) as opened:
         opened.load()  # forces a full decode, so truncated files fail here and not mid-epoch
         rgb = _to_rgb(ImageOps.exif_transpose(opened) or opened)
     square = ImageOps.fit(rgb, (image_size, image_size), Image.Resampling.BILINEAR)
     return np.asarray(square, dtype=np.uint8)
 
 
-def try_load_image(path: Path, image_size: int) -> np.ndarray | str:
+def load_image(path: Path, image_size: int, cache: ImageCache | None = None) -> np.ndarray:
+    """`decode_bytes` of the file at `path`, through `cache` when one is given."""
+    data = Path(path).read_bytes()
+    if cache is None:
+        return decode_bytes(data, image_size)
+    key = cache.key(data, image_size)
+    array = cache.get(key, image_size)
+    if array is None:
+        array = decode_bytes(data, image_size)
+        cache.put(key, array)
+    return array
+
+
+def try_load_image(path: Path, image_size: int, cache: ImageCache | None = None) -> np.ndarray | str:
     """`load_image`, or the reason the file cannot be read."""
     try:
-        return load_image(path, image_size)
+        return load_image(path, image_size, cache)
     except UnidentifiedImageError:
         return "not a readable image (unknown format or not an image at all)"
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
@@ -227,18 +244,20 @@ def decode_images(
     workers: int = 0,
     progress: bool = False,
     require_every_class: bool = True,
+    cache: ImageCache | None = None,
 ) -> ImageSet:
     """Decode every file once; failures become `SkippedFile`s and the rest an `ImageSet`.
 
     With `require_every_class`, a class whose files were all unreadable is an error (training
-    needs examples of every class); evaluation passes False.
+    needs examples of every class); evaluation passes False. With `cache`, files decoded
+    before (same bytes, same size) are read back instead of decoded.
     """
     workers = workers or _default_workers()
     images = torch.empty((len(files.paths), 3, image_size, image_size), dtype=torch.uint8)
     keep: list[int] = []
     skipped = list(files.skipped)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = pool.map(lambda p: try_load_image(p, image_size), files.paths)
+        results = pool.map(lambda p: try_load_image(p, image_size, cache), files.paths)
         if progress:
             from tqdm import tqdm
 

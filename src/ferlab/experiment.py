@@ -28,6 +28,7 @@ from ferlab.config import RunConfig, config_to_dict
 from ferlab.data import (
     DataError,
     ImageSet,
+    LabelledFiles,
     decode_images,
     describe_shift,
     discover,
@@ -38,6 +39,7 @@ from ferlab.data import (
 )
 from ferlab.engine import select_engine
 from ferlab.evaluate import Evaluation, compare_errors, evaluate, summarize, top_losses
+from ferlab.image_cache import ImageCache
 from ferlab.models import FerNet, build_model, count_parameters, get_architecture
 from ferlab.report import (
     RunReport,
@@ -94,10 +96,16 @@ def prepare_data(config: RunConfig, echo: Echo, progress: bool = False) -> Prepa
     data = config.data
     files = discover(data.root, data.classes)
     echo(f"found {len(files.paths)} image files in {len(files.class_names)} classes under {data.root}")
-    images = decode_images(files, data.image_size, data.workers, progress)
+    cache = ImageCache(data.cache_dir) if data.decode_cache else None
+    started = time.perf_counter()
+
+    def decode(found: LabelledFiles) -> ImageSet:
+        return decode_images(found, data.image_size, data.workers, progress, cache=cache)
+
+    images = decode(files)
     if data.valid_dir is not None:
         valid_files = discover(data.valid_dir, files.class_names)
-        valid = decode_images(valid_files, data.image_size, data.workers, progress)
+        valid = decode(valid_files)
         train = images
     else:
         if data.split_file is not None:
@@ -110,9 +118,13 @@ def prepare_data(config: RunConfig, echo: Echo, progress: bool = False) -> Prepa
         valid_files = None
     test = None
     if data.test_dir is not None:
-        test = decode_images(discover(data.test_dir, files.class_names), data.image_size, data.workers, progress)
+        test = decode(discover(data.test_dir, files.class_names))
     skipped = list(images.skipped) + (list(valid.skipped) if valid_files is not None else [])
     skipped += list(test.skipped) if test is not None else []
+    seconds = time.perf_counter() - started
+    reused = f", {cache.hits} from the decode cache {cache.root}" if cache is not None else ""
+    echo(f"decoded {len(train) + len(valid) + (len(test) if test else 0)} images at "
+         f"{data.image_size} px in {seconds:.1f} s{reused}")
     if len(train) < 2 or len(valid) < 1:
         raise DataError(f"too few images to train: {len(train)} for training, {len(valid)} for validation")
     return PreparedData(
@@ -354,20 +366,26 @@ def train_run(
 
 
 def compare_runs(
-    config: RunConfig, archs: Sequence[str], echo: Echo = print, progress: bool = False
+    configs: Sequence[RunConfig], out_dir: Path, echo: Echo = print, progress: bool = False
 ) -> tuple[list[RunResult], Path]:
-    """Train each architecture on the same split; write compare.html beside the run folders."""
-    for name in archs:
-        get_architecture(name)  # fail on a typo before decoding anything
-    data = prepare_data(config, echo, progress)
+    """Train each config's architecture on one split of one data set; write out_dir/compare.html.
+
+    The configs may differ in model and training settings only (each architecture gets its
+    own recipe values); the data is decoded and split once, from the first.
+    """
+    if not configs:
+        raise ValueError("compare needs at least one architecture")
+    for config in configs:
+        get_architecture(config.model.arch)  # fail on a typo before decoding anything
+        if config.data != configs[0].data:
+            raise ValueError("compared runs must share their data settings (folder, split, image size)")
+    data = prepare_data(configs[0], echo, progress)
     results: list[RunResult] = []
-    for name in archs:
+    for config in configs:
+        name = config.model.arch
         echo(f"\n=== {name} ===")
-        run_config = dataclasses.replace(
-            config, out_dir=config.out_dir / name, model=dataclasses.replace(config.model, arch=name)
-        )
         start = time.perf_counter()
-        result = train_run(run_config, data, echo, progress)
+        result = train_run(config, data, echo, progress)
         echo(f"{name}: {(time.perf_counter() - start) / 60:.1f} min in all")
         results.append(result)
     split = "test" if data.test is not None else "valid"
@@ -392,9 +410,10 @@ def compare_runs(
     }
     if data.test is not None:
         observations["test"] = True
-    _write_json(config.out_dir / "compare.json", {"split": split, "rows": rows, "observations": observations})
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(out_dir / "compare.json", {"split": split, "rows": rows, "observations": observations})
     notes = [f"{r.arch} was trained from scratch (no pretrained weights)." for r in results if r.weight_source.kind == "none"]
     report = write_compare_report(
-        rows, observations, {r.arch: f"{r.arch}/report.html" for r in results}, [], config.out_dir / "compare.html", notes
+        rows, observations, {r.arch: f"{r.run_dir.relative_to(out_dir)}/report.html" for r in results}, [], out_dir / "compare.html", notes
     )
     return results, report

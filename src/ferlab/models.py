@@ -131,6 +131,10 @@ class ConcatPool2d(nn.Module):
         return torch.cat([self.max(features), self.avg(features)], dim=1)
 
 
+# The head's first layers, ConcatPool2d and Flatten, have no parameters (see build_head).
+HEAD_POOLING_LAYERS = 2
+
+
 def build_head(
     num_features: int,
     num_classes: int,
@@ -159,13 +163,25 @@ def build_head(
 class FerNet(nn.Module):
     """A pretrained body and the study's head: (N, 3, S, S) -> logits (N, num_classes)."""
 
-    def __init__(self, body: nn.Module, head: nn.Module) -> None:
+    def __init__(self, body: nn.Module, head: nn.Sequential) -> None:
         super().__init__()
         self.body = body
         self.head = head
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(images))
+
+    def pooled_features(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, 3, S, S) -> (N, 2*features): the body, then the head's parameter-free pooling.
+
+        With the body frozen this is a fixed function of the image, so the frozen phase can
+        compute it once and train the rest of the head (`classify`) on the cached result.
+        """
+        return self.head[:HEAD_POOLING_LAYERS](self.body(images))
+
+    def classify(self, pooled: torch.Tensor) -> torch.Tensor:
+        """(N, 2*features) from `pooled_features` -> logits (N, num_classes)."""
+        return self.head[HEAD_POOLING_LAYERS:](pooled)
 
     def body_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
         """Body parameters split into (early, late) halves by count, for discriminative rates."""

@@ -127,43 +127,90 @@ def _phase_plan(config: TrainConfig, phase: str) -> tuple[int, float, float]:
     return config.epochs, config.lr / 2, 0.3
 
 
+def _layout(inputs: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    return inputs.contiguous(memory_format=torch.channels_last) if channels_last else inputs
+
+
+def _loss_and_accuracy(logits: torch.Tensor, targets: torch.Tensor) -> tuple[float, int]:
+    """(summed cross-entropy, correct count) of one batch."""
+    return float(F.cross_entropy(logits, targets, reduction="sum")), int((logits.argmax(1) == targets).sum())
+
+
 @torch.no_grad()
 def evaluate_loss(
     model: nn.Module, images: ImageSet, mean: torch.Tensor, std: torch.Tensor,
-    device: torch.device, batch_size: int,
+    device: torch.device, batch_size: int, channels_last: bool = False,
 ) -> tuple[float, float]:
     """(mean cross-entropy, accuracy) of `model` on un-augmented `images`."""
     model.eval()
     total_loss, correct = 0.0, 0
     for index in batches(len(images), batch_size, shuffle=False):
-        inputs = normalize(images.images[index].to(device), mean, std)
-        targets = images.labels[index].to(device)
-        logits = model(inputs)
-        total_loss += float(F.cross_entropy(logits, targets, reduction="sum"))
-        correct += int((logits.argmax(1) == targets).sum())
+        inputs = _layout(normalize(images.images[index].to(device), mean, std), channels_last)
+        loss, right = _loss_and_accuracy(model(inputs), images.labels[index].to(device))
+        total_loss, correct = total_loss + loss, correct + right
     count = max(1, len(images))
     return total_loss / count, correct / count
 
 
+@torch.no_grad()
+def pooled_features(
+    model: FerNet, images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, device: torch.device,
+    batch_size: int, channels_last: bool, augment: AugmentConfig | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """The frozen body's pooled output (N, 2*features) for uint8 images (N, 3, S, S).
+
+    With `augment`, each image is augmented first (one random view per call).
+    """
+    model.body.eval()
+    outputs = []
+    for index in batches(len(images), batch_size, shuffle=False):
+        batch = images[index].to(device)
+        if augment is not None:
+            batch = augment_batch(batch, augment, generator)
+        outputs.append(model.pooled_features(_layout(normalize(batch, mean, std), channels_last)).float())
+    return torch.cat(outputs) if outputs else torch.empty(0)
+
+
+@dataclass
+class _FeatureCache:
+    """Cached pooled features of the frozen phase: augmented training views, plain valid."""
+
+    views: list[torch.Tensor] = field(default_factory=list)  # each (N_train, 2*features)
+    valid: torch.Tensor | None = None
+
+
+@torch.no_grad()
+def _evaluate_head(model: FerNet, features: torch.Tensor, labels: torch.Tensor, batch_size: int) -> tuple[float, float]:
+    model.head.eval()
+    total_loss, correct = 0.0, 0
+    for index in batches(len(features), batch_size, shuffle=False):
+        loss, right = _loss_and_accuracy(model.classify(features[index]), labels[index].to(features.device))
+        total_loss, correct = total_loss + loss, correct + right
+    count = max(1, len(features))
+    return total_loss / count, correct / count
+
+
 def _train_epoch(
-    model: FerNet, optimizer: torch.optim.Optimizer, train: ImageSet, augment: AugmentConfig,
-    mean: torch.Tensor, std: torch.Tensor, device: torch.device, batch_size: int,
+    model: FerNet, optimizer: torch.optim.Optimizer, count: int, labels: torch.Tensor,
+    forward: Callable[[torch.Tensor], torch.Tensor], device: torch.device, batch_size: int,
     generator: torch.Generator, schedule: Callable[[int], tuple[float, float]], first_step: int,
     progress: Any,
 ) -> list[float]:
-    """One pass over `train`; returns the loss of every step."""
+    """One shuffled pass over `count` examples; `forward(index)` gives a batch's logits.
+
+    Returns the loss of every step.
+    """
     model.train()
     losses: list[float] = []
-    for step, index in enumerate(batches(len(train), batch_size, True, generator), start=first_step):
+    for step, index in enumerate(batches(count, batch_size, True, generator), start=first_step):
         if len(index) < 2:
             continue  # BatchNorm cannot train on a single image
         multiplier, beta1 = schedule(step)
         for group in optimizer.param_groups:
             group["lr"] = group["peak"] * multiplier
             group["betas"] = (beta1, group["betas"][1])
-        batch = augment_batch(train.images[index].to(device), augment, generator)
-        inputs = normalize(batch, mean, std)
-        loss = F.cross_entropy(model(inputs), train.labels[index].to(device))
+        loss = F.cross_entropy(forward(index), labels[index].to(device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -172,6 +219,53 @@ def _train_epoch(
             progress.update(1)
             progress.set_postfix(loss=f"{losses[-1]:.4f}")
     return losses
+
+
+Forward = Callable[[torch.Tensor], torch.Tensor]  # batch indices -> logits
+Score = Callable[[], tuple[float, float]]  # -> (valid loss, valid accuracy)
+
+
+def _direct_epoch(
+    model: FerNet, train: ImageSet, valid: ImageSet, config: TrainConfig, augment: AugmentConfig,
+    mean: torch.Tensor, std: torch.Tensor, device: torch.device, batch_size: int,
+    generator: torch.Generator,
+) -> tuple[Forward, Score]:
+    """Every batch decoded tensor -> augment -> normalise -> whole network."""
+
+    def forward(index: torch.Tensor) -> torch.Tensor:
+        batch = augment_batch(train.images[index].to(device), augment, generator)
+        return model(_layout(normalize(batch, mean, std), config.channels_last))
+
+    def score() -> tuple[float, float]:
+        return evaluate_loss(model, valid, mean, std, device, batch_size * 2, config.channels_last)
+
+    return forward, score
+
+
+def _cached_epoch(
+    model: FerNet, train: ImageSet, valid: ImageSet, config: TrainConfig, augment: AugmentConfig,
+    mean: torch.Tensor, std: torch.Tensor, device: torch.device, batch_size: int,
+    generator: torch.Generator, cache: _FeatureCache, epoch: int,
+) -> tuple[Forward, Score]:
+    """Frozen-phase epoch on cached pooled features; computes this epoch's view if missing."""
+    views = max(1, config.feature_views) if augment.enabled else 1
+    view = epoch % views
+    while len(cache.views) <= view:
+        cache.views.append(pooled_features(
+            model, train.images, mean, std, device, batch_size * 2, config.channels_last,
+            augment if augment.enabled else None, generator,
+        ))
+    if cache.valid is None:
+        cache.valid = pooled_features(model, valid.images, mean, std, device, batch_size * 2, config.channels_last)
+    features, valid_features = cache.views[view], cache.valid
+
+    def forward(index: torch.Tensor) -> torch.Tensor:
+        return model.classify(features[index.to(features.device)])
+
+    def score() -> tuple[float, float]:
+        return _evaluate_head(model, valid_features, valid.labels, batch_size * 2)
+
+    return forward, score
 
 
 def fit(
@@ -204,6 +298,9 @@ def fit(
     steps_per_epoch = sum(1 for i in range(0, len(train), batch_size) if len(train) - i >= 2)
     interrupted = False
     model.to(device)
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
+    cache = _FeatureCache()
     try:
         while state.phase_index < len(PHASES) and not state.stopped_early:
             phase = PHASES[state.phase_index]
@@ -228,15 +325,24 @@ def fit(
 
                     bar = tqdm(total=steps_per_epoch, leave=False, desc=f"{phase} epoch {state.epoch_in_phase}")
                 try:
+                    if phase == "frozen" and config.cache_features and not config.train_bn:
+                        forward, score = _cached_epoch(
+                            model, train, valid, config, augment, mean_t, std_t, device,
+                            batch_size, generator, cache, state.epoch_in_phase,
+                        )
+                    else:
+                        forward, score = _direct_epoch(
+                            model, train, valid, config, augment, mean_t, std_t, device, batch_size, generator
+                        )
                     losses = _train_epoch(
-                        model, optimizer, train, augment, mean_t, std_t, device, batch_size,
+                        model, optimizer, len(train), train.labels, forward, device, batch_size,
                         generator, functools.partial(one_cycle, total=total, pct_start=pct_start),
                         state.epoch_in_phase * steps_per_epoch, bar,
                     )
                 finally:
                     if bar is not None:
                         bar.close()
-                valid_loss, accuracy = evaluate_loss(model, valid, mean_t, std_t, device, batch_size * 2)
+                valid_loss, accuracy = score()
                 seconds = time.perf_counter() - start
                 record = EpochRecord(
                     phase, state.epoch_in_phase, sum(losses) / max(1, len(losses)),
