@@ -132,11 +132,6 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _pick(value: Any, recipe_value: Any) -> Any:
-    """An explicit command-line value wins over the recipe's."""
-    return recipe_value if value is None else value
-
-
 def _classes(args: argparse.Namespace) -> tuple[str, ...] | None:
     return tuple(c.strip() for c in args.classes.split(",") if c.strip()) if args.classes else None
 
@@ -154,39 +149,34 @@ def _native_size(args: argparse.Namespace) -> int | None:
 def _run_config(args: argparse.Namespace, arch: str, out_dir: Path, native: int | None) -> Any:
     """The run's settings: the recipe's, with every option given on the command line on top."""
     from ferlab.config import AugmentConfig, DataConfig, ModelConfig, RunConfig, TrainConfig
-    from ferlab.recipes import resolve_recipe
+    from ferlab.recipes import apply_recipe, override, resolve_recipe
     from ferlab.train import pick_device
 
-    recipe = resolve_recipe(args.recipe, pick_device(args.device), arch, native)
-    return RunConfig(
+    recipe = override(
+        resolve_recipe(args.recipe, pick_device(args.device), arch, native),
+        image_size=args.image_size, batch_size=args.batch_size, freeze_epochs=args.freeze_epochs,
+        epochs=args.epochs, lr=args.lr, channels_last=args.channels_last,
+        cache_features=args.cache_features, train_bn=args.train_bn,
+        flip_vertical=args.flip_vertical, decode_cache=args.decode_cache,
+    )
+    base = RunConfig(
         data=DataConfig(
             root=args.data, classes=_classes(args), valid_fraction=args.valid_fraction,
-            valid_dir=args.valid, test_dir=args.test, split_file=args.split_file,
-            image_size=_pick(args.image_size, recipe.image_size),
-            batch_size=_pick(args.batch_size, recipe.batch_size), workers=args.workers,
-            decode_cache=_pick(args.decode_cache, recipe.decode_cache),
+            valid_dir=args.valid, test_dir=args.test, split_file=args.split_file, workers=args.workers,
         ),
         out_dir=out_dir,
         model=ModelConfig(arch=arch, pretrained=args.pretrained),
-        train=TrainConfig(
-            freeze_epochs=_pick(args.freeze_epochs, recipe.freeze_epochs),
-            epochs=_pick(args.epochs, recipe.epochs), lr=_pick(args.lr, recipe.lr),
-            patience=args.patience, device=args.device, seed=args.seed,
-            train_bn=_pick(args.train_bn, recipe.train_bn),
-            channels_last=_pick(args.channels_last, recipe.channels_last),
-            cache_features=_pick(args.cache_features, recipe.cache_features),
-        ),
+        train=TrainConfig(patience=args.patience, device=args.device, seed=args.seed),
         augment=AugmentConfig(
             enabled=not args.no_augment,
             flip_horizontal=not args.no_flip,
-            flip_vertical=_pick(args.flip_vertical, recipe.flip_vertical),
             max_rotate=args.max_rotate,
             max_zoom=args.max_zoom,
             max_warp=args.max_warp,
             max_lighting=args.max_lighting,
         ),
-        recipe=recipe.name,
     )
+    return apply_recipe(recipe, base)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:

@@ -53,7 +53,15 @@ from ferlab.report import (
     write_compare_report,
     write_run_report,
 )
-from ferlab.train import EpochRecord, FitResult, fit, load_state, pick_device, save_state
+from ferlab.train import (
+    EpochRecord,
+    FitResult,
+    fit,
+    load_state,
+    phase_throughput,
+    pick_device,
+    save_state,
+)
 from ferlab.weights import WeightSource, resolve_and_load
 
 __all__ = ["PreparedData", "RunResult", "TrainingInterrupted", "compare_runs", "prepare_data", "train_run"]
@@ -298,6 +306,7 @@ def train_run(
         "seconds": fitted.train_seconds,
         "minutes_per_epoch": fitted.train_seconds / 60 / max(1, len(fitted.history)),
         "images_per_second": fitted.images_per_second,
+        "images_per_second_by_phase": phase_throughput(fitted.history),
         "epochs_run": len(fitted.history),
         "best_epoch": {"phase": best.phase, "epoch": best.epoch},
         "stopped_early": fitted.stopped_early,

@@ -15,16 +15,22 @@ architecture and the images themselves:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
 
-__all__ = ["RECIPES", "Recipe", "choose_image_size", "native_size", "resolve_recipe"]
+from ferlab.config import RunConfig
+
+__all__ = [
+    "RECIPES", "Recipe", "apply_recipe", "choose_image_size", "native_size", "override", "resolve_recipe",
+]
 
 RECIPES = ("fast", "study")
 SIZE_SAMPLE = 64  # files whose headers are read to estimate the data's resolution
@@ -93,4 +99,27 @@ def resolve_recipe(name: str, device: torch.device, arch: str, native: int | Non
         train_bn=False,
         flip_vertical=False,
         decode_cache=True,
+    )
+
+
+def override(recipe: Recipe, **values: Any) -> Recipe:
+    """`recipe` with the values that were given (not None) in place of its own."""
+    return dataclasses.replace(recipe, **{k: v for k, v in values.items() if v is not None})
+
+
+def apply_recipe(recipe: Recipe, config: RunConfig) -> RunConfig:
+    """`config` with every setting the recipe governs taken from `recipe`."""
+    return dataclasses.replace(
+        config,
+        data=dataclasses.replace(
+            config.data, image_size=recipe.image_size, batch_size=recipe.batch_size,
+            decode_cache=recipe.decode_cache,
+        ),
+        train=dataclasses.replace(
+            config.train, freeze_epochs=recipe.freeze_epochs, epochs=recipe.epochs, lr=recipe.lr,
+            channels_last=recipe.channels_last, cache_features=recipe.cache_features,
+            train_bn=recipe.train_bn,
+        ),
+        augment=dataclasses.replace(config.augment, flip_vertical=recipe.flip_vertical),
+        recipe=recipe.name,
     )

@@ -37,6 +37,7 @@ __all__ = [
     "fit",
     "load_state",
     "one_cycle",
+    "phase_throughput",
     "pick_device",
     "save_state",
 ]
@@ -53,7 +54,13 @@ class EpochRecord:
     train_loss: float
     valid_loss: float
     accuracy: float
-    seconds: float
+    seconds: float  # the whole epoch, validation included
+    train_seconds: float = 0.0  # the training pass alone (feature caching included)
+    images: int = 0  # training images seen
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.train_seconds if self.train_seconds else 0.0
 
 
 @dataclass
@@ -82,6 +89,16 @@ class FitResult:
     stopped_early: bool
     train_seconds: float
     images_per_second: float
+
+
+def phase_throughput(history: list[EpochRecord]) -> dict[str, float]:
+    """Training images per second in each phase (validation excluded), from the epoch records."""
+    rates = {}
+    for phase in PHASES:
+        records = [r for r in history if r.phase == phase and r.train_seconds > 0]
+        if records:
+            rates[phase] = sum(r.images for r in records) / sum(r.train_seconds for r in records)
+    return rates
 
 
 def pick_device(requested: str) -> torch.device:
@@ -342,11 +359,12 @@ def fit(
                 finally:
                     if bar is not None:
                         bar.close()
+                train_seconds = time.perf_counter() - start
                 valid_loss, accuracy = score()
                 seconds = time.perf_counter() - start
                 record = EpochRecord(
                     phase, state.epoch_in_phase, sum(losses) / max(1, len(losses)),
-                    valid_loss, accuracy, seconds,
+                    valid_loss, accuracy, seconds, train_seconds, len(train),
                 )
                 state.history.append(record)
                 state.step_losses.extend(losses)
