@@ -8,7 +8,8 @@ import torch
 from ferlab.config import AugmentConfig, TrainConfig
 from ferlab.data import decode_images, discover, stratified_split
 from ferlab.models import build_model, get_architecture
-from ferlab.train import EpochRecord, fit, load_state, one_cycle, save_state
+from ferlab.resume import load_state, save_state
+from ferlab.train import EpochRecord, fit, one_cycle
 
 
 def test_one_cycle_warms_up_then_anneals() -> None:

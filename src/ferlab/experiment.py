@@ -53,15 +53,8 @@ from ferlab.report import (
     write_compare_report,
     write_run_report,
 )
-from ferlab.train import (
-    EpochRecord,
-    FitResult,
-    fit,
-    load_state,
-    phase_throughput,
-    pick_device,
-    save_state,
-)
+from ferlab.resume import load_state, save_state
+from ferlab.train import EpochRecord, FitResult, fit, phase_throughput, pick_device
 from ferlab.weights import WeightSource, resolve_and_load
 
 __all__ = ["PreparedData", "RunResult", "TrainingInterrupted", "compare_runs", "prepare_data", "train_run"]

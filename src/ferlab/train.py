@@ -1,27 +1,27 @@
 """fit(): the study's fine-tuning policy on decoded image tensors.
 
-Phase 1 trains the new head with the body frozen for `freeze_epochs` (the body's
-BatchNorm layers learn too only with `train_bn`, see `TrainConfig`); phase 2 unfreezes everything with discriminative learning rates (early body
-layers lr/100, late ones lr/10, the head lr). Each phase is one AdamW one-cycle schedule, as
-fastai's `fine_tune` does. Early stopping watches validation accuracy; `on_improve` is called
-with every new best so the caller can write the checkpoint. A Ctrl-C ends the loop cleanly
-and the result says so; the state after each finished epoch can be saved and resumed.
+Phase 1 trains the new head with the body frozen for `freeze_epochs` (the body's BatchNorm
+layers learn too only with `train_bn`, see `TrainConfig`); phase 2 unfreezes everything with
+discriminative learning rates (early body layers lr/100, late ones lr/10, the head lr). Each
+phase is one AdamW one-cycle schedule, as fastai's `fine_tune` does. With `cache_features`
+the frozen phase computes the frozen body's pooled output once per augmented view and trains
+only the head on it; with `channels_last` the network runs in that memory format. Early
+stopping watches validation accuracy; `on_improve` is called with every new best so the
+caller can write the checkpoint. A Ctrl-C ends the loop cleanly and the result says so; the
+state after each finished epoch can be saved and resumed (resume.py).
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ferlab.augment import augment_batch, normalize
@@ -35,11 +35,9 @@ __all__ = [
     "TrainState",
     "evaluate_loss",
     "fit",
-    "load_state",
     "one_cycle",
     "phase_throughput",
     "pick_device",
-    "save_state",
 ]
 
 PHASES = ("frozen", "unfrozen")
@@ -400,51 +398,3 @@ def fit(
         train_seconds=state.seconds,
         images_per_second=state.images_seen / state.seconds if state.seconds else 0.0,
     )
-
-
-def save_state(
-    folder: Path, model: FerNet, optimizer: torch.optim.Optimizer | None, state: TrainState,
-    generator: torch.Generator,
-) -> None:
-    """resume.safetensors (model, optimiser moments, RNG states) + resume.json (the rest)."""
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    optimizer_dict: dict[str, Any] = (
-        optimizer.state_dict() if optimizer is not None else {"state": {}, "param_groups": []}
-    )
-    for param_id, slots in optimizer_dict["state"].items():
-        for slot, value in slots.items():
-            tensors[f"optimizer.{param_id}.{slot}"] = torch.as_tensor(value).detach().cpu().contiguous()
-    tensors["rng.generator"] = generator.get_state()
-    tensors["rng.torch"] = torch.get_rng_state()
-    groups = [
-        {k: (list(v) if isinstance(v, tuple) else v) for k, v in group.items()}
-        for group in optimizer_dict["param_groups"]
-    ]
-    save_file(tensors, str(folder / "resume.safetensors.tmp"))
-    (folder / "resume.safetensors.tmp").replace(folder / "resume.safetensors")
-    raw = asdict(state)
-    raw["param_groups"] = groups
-    (folder / "resume.json").write_text(json.dumps(raw, indent=1))
-
-
-def load_state(
-    folder: Path, model: FerNet
-) -> tuple[TrainState, dict[str, Any] | None, torch.Tensor]:
-    """Restore the model in place; return (state, optimizer state dict, generator state)."""
-    tensors = load_file(str(folder / "resume.safetensors"))
-    raw = json.loads((folder / "resume.json").read_text())
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    optimizer_state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        if key.startswith("optimizer."):
-            _, param_id, slot = key.split(".", 2)
-            optimizer_state.setdefault(int(param_id), {})[slot] = value
-    groups = [
-        {k: (tuple(v) if k == "betas" else v) for k, v in group.items()}
-        for group in raw.pop("param_groups")
-    ]
-    torch.set_rng_state(tensors["rng.torch"])
-    raw["history"] = [EpochRecord(**row) for row in raw["history"]]
-    state = TrainState(**raw)
-    optimizer = {"state": optimizer_state, "param_groups": groups} if groups else None
-    return state, optimizer, tensors["rng.generator"]
