@@ -138,6 +138,39 @@ def _full_epoch_minutes(figures: dict[str, Any], train_images: int) -> float:
     return train_images / figures["images_per_second"]["unfrozen"] / 60
 
 
+def markdown(result: dict[str, Any], source: str) -> str:
+    """The README's table for one results file."""
+    lines = [
+        f"Measured {result['date']} on a 2-core CPU machine (no GPU), FER2013 five classes, "
+        f"{result['train_files']} training files (`{source}`):", "",
+        "| architecture | recipe | px | trained on | img/s frozen | img/s unfrozen | min per epoch "
+        "| total min | test accuracy | test macro-F1 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in result["rows"]:
+        rates = row["images_per_second"]
+        lines.append(
+            f"| {row['arch']} | {row['recipe']} | {row['image_size']} | {row['train_images']} images "
+            f"| {_fmt(rates.get('frozen'), 1)} | {_fmt(rates.get('unfrozen'), 1)} "
+            f"| {_fmt(row['full_epoch_minutes'], 1)} | {_fmt(row['total_minutes'], 1)} "
+            f"| {_fmt(row['accuracy'])} | {_fmt(row['macro_f1'])} |"
+        )
+    speedups = "; ".join(f"{arch} {s['unfrozen']:.1f}x unfrozen, {s['frozen']:.1f}x frozen"
+                         for arch, s in result["speedup"].items())
+    prediction = result["prediction"]
+    lines += [
+        "",
+        "The first row is `ferlab train` with every default, in full. The others train both recipes "
+        f"on one {result['sample']}-image sample (same split) for their images/second; minutes per "
+        "epoch are for the first row's training images at that rate. Fast over study: "
+        f"{speedups}. Prediction ({prediction['arch']}, {prediction['engine']}): "
+        f"{prediction['files_per_second']:.0f} face crops per second batched, decoding included; "
+        f"{prediction['single_image_ms_median']:.1f} ms for one image after loading. Peak memory of "
+        f"the default run: {result['rows'][0]['peak_rss_gib']:.2f} GiB.",
+    ]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="FER2013 image folders (train/, test/)")
@@ -145,7 +178,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a small subset: a few minutes in all")
     parser.add_argument("--sample", type=int, default=320, help="training images of the side-by-side throughput runs")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument("--markdown", type=Path, metavar="RESULTS_JSON",
+                        help="print the README table of an earlier run and exit")
     args = parser.parse_args(argv)
+    if args.markdown is not None:
+        print(markdown(json.loads(args.markdown.read_text()), str(args.markdown)))
+        return 0
     # Measure what is on this machine: weights that are not here are not fetched mid-benchmark.
     os.environ["FERLAB_OFFLINE"] = "1"
     if not (args.data / "train").is_dir():
@@ -159,8 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         test_dir = _subset(test_dir, work / "test", 20)
         sample_size = min(sample_size, 100)
     sample_dir = _subset(args.data / "train", work / "sample", max(2, sample_size // len(CLASSES)))
-    full_train_images = len(discover(train_dir, CLASSES).paths)
-    native = native_size(discover(train_dir, CLASSES).paths)
+    files = discover(train_dir, CLASSES).paths
+    native = native_size(files)
     rows: list[dict[str, Any]] = []
     log: list[str] = []
 
@@ -186,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
             config = dataclasses.replace(config, train=dataclasses.replace(config.train, freeze_epochs=1, epochs=1))
             print(f"{arch}: {recipe} recipe ({config.data.image_size} px) on {sample_size} images ...", flush=True)
             figures = {"arch": arch, **_run(config, log), "total_minutes": None, "accuracy": None, "macro_f1": None}
-            figures["full_epoch_minutes"] = _full_epoch_minutes(figures, full_train_images)
+            figures["full_epoch_minutes"] = _full_epoch_minutes(figures, default["train_images"])
             split = Path(figures["run_dir"]) / "split.csv"  # the study recipe reuses the fast split
             pair[recipe] = figures
             rows.append(figures)
@@ -211,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
                     "threads": torch.get_num_threads(), "torch": torch.__version__},
         "quick": args.quick, "native_size": native,
-        "train_images": full_train_images, "sample": sample_size,
+        "train_files": len(files), "sample": sample_size,
         "rows": rows, "speedup": speedups, "prediction": prediction,
     }
     (args.out / name).write_text(json.dumps(result, indent=2) + "\n")

@@ -59,9 +59,9 @@ def test_train_leaves_every_artefact(trained_run: Path) -> None:
     assert metrics["test"]["images"] == 20
     assert metrics["training"]["images_per_second"] > 0 and metrics["training"]["seconds"] > 0
     history = (trained_run / "history.csv").read_text().splitlines()
-    # The fast recipe: 2 frozen epochs (on cached features) + the 1 unfrozen epoch asked for.
-    assert history[0] == "phase,epoch,train_loss,valid_loss,accuracy,time_seconds" and len(history) == 4
-    assert [row.split(",")[:2] for row in history[1:]] == [["frozen", "0"], ["frozen", "1"], ["unfrozen", "0"]]
+    # The fast recipe: 4 frozen epochs (on cached features) + the 1 unfrozen epoch asked for.
+    assert history[0] == "phase,epoch,train_loss,valid_loss,accuracy,time_seconds" and len(history) == 6
+    assert [row.split(",")[:2] for row in history[1:]] == [["frozen", str(i)] for i in range(4)] + [["unfrozen", "0"]]
     config = json.loads((trained_run / "config.json").read_text())
     assert config["recipe"] == "fast" and config["train"]["cache_features"] is True
     assert config["versions"]["torch"] == torch.__version__
@@ -127,7 +127,7 @@ def test_predict_json_gives_label_and_every_score(
 def test_predict_folder_as_csv_and_table(trained_run: Path, test_faces: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["predict", str(trained_run), str(test_faces), "--format", "csv"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[0] == "path,label,angry,happy,neutral,sad,surprise,error"
+    assert lines[0] == "path,label,angry,happy,neutral,sad,surprise,blur_sigma,error"
     assert len(lines) == 21
     assert main(["predict", str(trained_run), str(test_faces / "sad")]) == 0
     assert len(capsys.readouterr().out.strip().splitlines()) == 5
@@ -161,11 +161,11 @@ def test_ctrl_c_saves_and_resume_finishes(faces: Path, tmp_path: Path) -> None:
     assert process.wait(timeout=300) == 0, output
     assert "Continue with: ferlab train --resume" in output
     rows_before = len((run / "history.csv").read_text().splitlines()) - 1
-    assert 1 <= rows_before < 8
+    assert 1 <= rows_before < 10
     assert "Interrupted after" in (run / "report.html").read_text()
     assert main(["train", "--resume", str(run), "--no-progress"]) == 0
     history = (run / "history.csv").read_text().splitlines()[1:]
-    assert [row.split(",")[:2] for row in history] == [["frozen", "0"], ["frozen", "1"]] + [["unfrozen", str(i)] for i in range(6)]
+    assert [row.split(",")[:2] for row in history] == [["frozen", str(i)] for i in range(4)] + [["unfrozen", str(i)] for i in range(6)]
     assert "Interrupted" not in (run / "report.html").read_text()
 
 
@@ -239,3 +239,8 @@ def test_blurred_training_images_against_sharp_test_images_are_flagged(
     assert "test images differ" in metrics["data_shift_warnings"][0] and "sharper" in metrics["data_shift_warnings"][0]
     assert metrics["image_statistics"]["test"]["sharpness"] > 1.5 * metrics["image_statistics"]["train"]["sharpness"]
     assert "sharper" in (run / "report.html").read_text()
+    # The test images were scored as predict scores them (blurred to the training sharpness),
+    # and as given; both are reported.
+    assert metrics["test"]["sharpness_matched"] > 0 and metrics["test_as_given"]["sharpness_matched"] == 0
+    assert metrics["test_as_given"]["images"] == metrics["test"]["images"]
+    assert "scored as given" in (run / "report.html").read_text()

@@ -158,7 +158,7 @@ def test_split_file_round_trip(tmp_path: Path) -> None:
 def test_shift_between_image_sets_is_described() -> None:
     import torch
 
-    from ferlab.data import describe_shift, image_statistics
+    from ferlab.shift import describe_shift, image_statistics
 
     generator = torch.Generator().manual_seed(0)
     sharp = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8, generator=generator)

@@ -36,6 +36,9 @@ class ModelCard:
     head_dropout: tuple[float, float] = (0.25, 0.5)
     weight_source: str = ""
     pretrained: bool = True
+    # Median sharpness of the training images (shift.py): inputs much sharper than this are
+    # blurred to it before scoring, so the model sees what it learnt from. None: never.
+    match_sharpness: float | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     ferlab_version: str = __version__
     format_version: int = FORMAT_VERSION

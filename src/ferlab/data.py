@@ -31,10 +31,8 @@ __all__ = [
     "batches",
     "decode_bytes",
     "decode_images",
-    "describe_shift",
     "discover",
     "discover_for_model",
-    "image_statistics",
     "list_images",
     "load_image",
     "read_split",
@@ -345,44 +343,3 @@ def batches(
     order = torch.randperm(size, generator=generator) if shuffle else torch.arange(size)
     for start in range(0, size, batch_size):
         yield order[start : start + batch_size]
-
-
-def image_statistics(images: torch.Tensor) -> dict[str, float]:
-    """Medians over uint8 (N, 3, S, S) images of brightness, contrast and sharpness.
-
-    Sharpness is the mean absolute difference between neighbouring pixels (grey levels):
-    blurred images score low. Comparing these between a training set and the images a
-    model is scored on reveals a shift (say, blurred training images, sharp test images)
-    that makes accuracy on one say little about the other.
-    """
-    if len(images) == 0:
-        return {"brightness": 0.0, "contrast": 0.0, "sharpness": 0.0}
-    gray = images.float().mean(dim=1)  # (N, S, S)
-    sharpness = (gray.diff(dim=1).abs().mean(dim=(1, 2)) + gray.diff(dim=2).abs().mean(dim=(1, 2))) / 2
-    # The sharpness of a resized image depends on its size; per 100 px keeps sets comparable.
-    sharpness = sharpness * images.shape[-1] / 100
-    return {
-        "brightness": float(gray.mean(dim=(1, 2)).median()),
-        "contrast": float(gray.std(dim=(1, 2)).median()),
-        "sharpness": float(sharpness.median()),
-    }
-
-
-def describe_shift(reference: dict[str, float], other: dict[str, float], name: str) -> str | None:
-    """A warning when `other`'s images differ markedly from the training images, else None."""
-    problems = []
-    ratio = (other["sharpness"] + 1e-6) / (reference["sharpness"] + 1e-6)
-    if ratio > 1.5 or ratio < 1 / 1.5:
-        problems.append(
-            f"{'sharper' if ratio > 1 else 'blurrier'} ({ratio:.1f}x the training images' sharpness)"
-        )
-    if abs(other["brightness"] - reference["brightness"]) > 40:
-        problems.append(f"brightness {other['brightness']:.0f} vs {reference['brightness']:.0f}")
-    if abs(other["contrast"] - reference["contrast"]) > 25:
-        problems.append(f"contrast {other['contrast']:.0f} vs {reference['contrast']:.0f}")
-    if not problems:
-        return None
-    return (
-        f"The {name} images differ from the training images: {'; '.join(problems)}. "
-        "Scores on them measure this shift as much as the model; check how both sets were made."
-    )

@@ -22,6 +22,7 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 from ferlab.augment import normalize
 from ferlab.data import ImageSet, SkippedFile, batches
 from ferlab.engine import Engine
+from ferlab.shift import match_sharpness
 
 __all__ = [
     "Evaluation",
@@ -47,6 +48,7 @@ class Evaluation:
     images_per_second: float
     skipped: tuple[SkippedFile, ...] = ()
     engine: str = "torch"  # which inference engine produced the probabilities
+    sharpness_matched: int = 0  # images blurred to the training sharpness before scoring
 
     @property
     def predictions(self) -> np.ndarray:
@@ -91,9 +93,15 @@ def predict_probabilities(
 
 def evaluate(
     engine: Engine, images: ImageSet, mean: Sequence[float], std: Sequence[float],
-    split: str, batch_size: int = 128,
+    split: str, batch_size: int = 128, match_sharpness_to: float | None = None,
 ) -> Evaluation:
-    probabilities, seconds = predict_probabilities(engine, images.images, mean, std, batch_size)
+    """Score `images`; with `match_sharpness_to`, images much sharper than that are blurred
+    to it first (shift.py), as prediction does."""
+    pixels, matched = images.images, 0
+    if match_sharpness_to is not None:
+        pixels, sigmas = match_sharpness(pixels, match_sharpness_to)
+        matched = int((sigmas > 0).sum())
+    probabilities, seconds = predict_probabilities(engine, pixels, mean, std, batch_size)
     return Evaluation(
         split=split,
         class_names=images.class_names,
@@ -103,6 +111,7 @@ def evaluate(
         images_per_second=len(images) / seconds if seconds else 0.0,
         skipped=images.skipped,
         engine=engine.name,
+        sharpness_matched=matched,
     )
 
 
@@ -134,6 +143,7 @@ def summarize(evaluation: Evaluation) -> dict[str, Any]:
         ],
         "images_per_second": evaluation.images_per_second,
         "engine": evaluation.engine,
+        "sharpness_matched": evaluation.sharpness_matched,
         "skipped": [{"path": str(s.path), "reason": s.reason} for s in evaluation.skipped],
     }
 

@@ -21,6 +21,7 @@ from ferlab.checkpoint import ModelCard, load_model, resolve_model_path
 from ferlab.data import IMAGE_EXTENSIONS, list_images, try_load_image
 from ferlab.engine import Engine, EngineChoice, TorchEngine, select_engine
 from ferlab.evaluate import predict_probabilities
+from ferlab.shift import match_sharpness
 from ferlab.train import pick_device
 
 __all__ = ["Prediction", "Predictor", "expand_inputs"]
@@ -32,9 +33,14 @@ class Prediction:
     label: str | None
     scores: dict[str, float] = field(default_factory=dict)  # every class; sums to 1
     error: str | None = None
+    # The Gaussian blur (pixels at model size) that brought this image to the training
+    # images' sharpness before scoring; 0 when it was scored as it is.
+    blur_sigma: float = 0.0
 
     def to_json(self) -> dict[str, object]:
         row: dict[str, object] = {"path": self.path, "label": self.label, "scores": self.scores}
+        if self.blur_sigma:
+            row["blurred_to_training_sharpness"] = round(self.blur_sigma, 2)
         if self.error is not None:
             row["error"] = self.error
         return row
@@ -59,10 +65,14 @@ def expand_inputs(inputs: Iterable[Path]) -> list[Path | tuple[Path, str]]:
 class Predictor:
     """A loaded model ready to label faces, on the fastest correct engine (see `engine.py`)."""
 
-    def __init__(self, engine: Engine, card: ModelCard, engine_reason: str = "") -> None:
+    def __init__(
+        self, engine: Engine, card: ModelCard, engine_reason: str = "", match_sharpness: bool = True
+    ) -> None:
         self.engine = engine
         self.card = card
         self.engine_reason = engine_reason or engine.name
+        # Blur inputs much sharper than the training images to their sharpness (shift.py).
+        self.sharpness_target = card.match_sharpness if match_sharpness else None
 
     @classmethod
     def from_model(cls, model: torch.nn.Module, card: ModelCard, device: str = "cpu") -> Predictor:
@@ -70,31 +80,39 @@ class Predictor:
         return cls(TorchEngine(model, pick_device(device)), card)
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "auto", engine: str = "auto") -> Predictor:
+    def load(
+        cls, path: str | Path, device: str = "auto", engine: str = "auto", match_sharpness: bool = True
+    ) -> Predictor:
         """From a run folder or a model.safetensors with its model.json beside it.
 
         `engine` is "auto" (ONNX Runtime when installed and matching PyTorch), "onnx" or "torch".
+        `match_sharpness`: blur inputs much sharper than the training images to their
+        sharpness first (see shift.py); a model trained on sharp images never blurs.
         """
         resolved = pick_device(device)
         model, card = load_model(Path(path), resolved)
         choice: EngineChoice = select_engine(
             model, card.image_size, resolve_model_path(Path(path)), resolved, engine
         )
-        return cls(choice.engine, card, choice.reason)
+        return cls(choice.engine, card, choice.reason, match_sharpness)
 
     @property
     def class_names(self) -> tuple[str, ...]:
         return self.card.class_names
 
-    def predict_arrays(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
-        """uint8 (N, S, S, 3) at the model's input size -> probabilities (N, C)."""
+    def predict_arrays(self, images: np.ndarray, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 (N, S, S, 3) at the model's input size -> probabilities (N, C) and the blur
+        applied to each image to match the training sharpness (N,), 0 where none."""
         tensor = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+        sigmas = torch.zeros(len(tensor))
+        if self.sharpness_target is not None:
+            tensor, sigmas = match_sharpness(tensor, self.sharpness_target)
         probabilities, _ = predict_probabilities(self.engine, tensor, self.card.mean, self.card.std, batch_size)
-        return probabilities
+        return probabilities, sigmas.numpy()
 
-    def _prediction(self, path: Path, probabilities: np.ndarray) -> Prediction:
+    def _prediction(self, path: Path, probabilities: np.ndarray, sigma: float) -> Prediction:
         scores = {name: float(p) for name, p in zip(self.class_names, probabilities, strict=True)}
-        return Prediction(str(path), self.class_names[int(probabilities.argmax())], scores)
+        return Prediction(str(path), self.class_names[int(probabilities.argmax())], scores, blur_sigma=float(sigma))
 
     def predict_files(self, inputs: Sequence[str | Path], batch_size: int = 64) -> list[Prediction]:
         """One `Prediction` per image found in `inputs` (files or folders), in order."""
@@ -104,9 +122,9 @@ class Predictor:
         def flush() -> None:
             if not pending:
                 return
-            probabilities = self.predict_arrays(np.stack([p[2] for p in pending]), batch_size)
-            for (slot, path, _), row in zip(pending, probabilities, strict=True):
-                results[slot] = self._prediction(path, row)
+            probabilities, sigmas = self.predict_arrays(np.stack([p[2] for p in pending]), batch_size)
+            for (slot, path, _), row, sigma in zip(pending, probabilities, sigmas, strict=True):
+                results[slot] = self._prediction(path, row, sigma)
             pending.clear()
 
         for item in expand_inputs(Path(p) for p in inputs):

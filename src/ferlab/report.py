@@ -188,7 +188,8 @@ def _metrics_block(name: str, metrics: Mapping[str, Any]) -> str:
         f"{metrics['macro_f1']:.4f}, loss {metrics['loss']:.4f} ({metrics['images']} images)</h3>"
         + _table(("class", "precision", "recall", "F1", "support"), rows)
         + f"<p>Most confused (actual → predicted): {html.escape(confused)}</p>"
-        + f"<p>Inference: {metrics['images_per_second']:.1f} images/s</p>"
+        + f"<p>Inference: {metrics['images_per_second']:.1f} images/s "
+        f"({html.escape(str(metrics.get('engine', 'torch')))})</p>"
     )
 
 
