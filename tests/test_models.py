@@ -67,6 +67,27 @@ def test_freezing_the_body() -> None:
     assert all(p.requires_grad for p in model.head.parameters())
     model.freeze_body(False)
     assert all(p.requires_grad for p in model.parameters()) and model.body.training
+    norms = [m for m in model.body.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert all(m.training for m in norms)  # fastai's way: batch statistics once unfrozen
+
+
+def test_unfrozen_body_can_keep_its_batchnorm_statistics() -> None:
+    torch.manual_seed(0)
+    model = build_model("resnet18", num_classes=5)
+    model.freeze_body(False, keep_bn_statistics=True)
+    model.train()
+    norms = [m for m in model.body.modules() if isinstance(m, nn.BatchNorm2d)]
+    convs = [m for m in model.body.modules() if isinstance(m, nn.Conv2d)]
+    assert model.body.training and not any(m.training for m in norms)
+    before = [m.running_mean.clone() for m in norms]
+    weights = [m.weight.detach().clone() for m in (norms[0], convs[0])]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    loss = torch.nn.functional.cross_entropy(model(torch.rand(4, 3, 32, 32)), torch.tensor([0, 1, 2, 3]))
+    loss.backward()
+    optimizer.step()
+    # The statistics stay ImageNet's; the BatchNorm scale and the convolutions still learn.
+    assert all(torch.equal(b, m.running_mean) for b, m in zip(before, norms, strict=True))
+    assert not torch.equal(weights[0], norms[0].weight) and not torch.equal(weights[1], convs[0].weight)
 
 
 def test_body_groups_split_every_body_parameter_once() -> None:

@@ -25,6 +25,7 @@ def test_fast_sizes_inputs_by_the_data_on_a_cpu(native: int | None, expected: in
 def test_fast_uses_channels_last_except_for_vgg_and_caches_on_a_cpu() -> None:
     fast = resolve_recipe("fast", CPU, "resnet34", 48)
     assert (fast.image_size, fast.channels_last, fast.cache_features, fast.train_bn) == (64, True, True, False)
+    assert fast.keep_bn_statistics
     assert resolve_recipe("fast", CPU, "vgg19_bn", 48).channels_last is False
     assert resolve_recipe("fast", GPU, "resnet34", 48).channels_last is False
 
@@ -33,7 +34,7 @@ def test_study_is_the_study_whatever_the_machine() -> None:
     for device in (CPU, GPU):
         study = resolve_recipe("study", device, "resnet34", 48)
         assert (study.image_size, study.batch_size, study.freeze_epochs, study.epochs) == (224, 64, 1, 3)
-        assert study.flip_vertical and study.train_bn
+        assert study.flip_vertical and study.train_bn and not study.keep_bn_statistics
         assert not (study.channels_last or study.cache_features or study.decode_cache)
     with pytest.raises(ValueError, match="fast, study"):
         resolve_recipe("quick", CPU, "resnet34", 48)

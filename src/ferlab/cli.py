@@ -61,6 +61,9 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--patience", type=int, default=3, help="early stopping patience in epochs (default 3)")
     group.add_argument("--train-bn", action=argparse.BooleanOptionalAction,
                        help="let the frozen body's BatchNorm layers train, as fastai does (study: on; fast: off, see config.py)")
+    group.add_argument("--keep-bn-statistics", action=argparse.BooleanOptionalAction,
+                       help="the body's BatchNorm layers keep their ImageNet statistics once unfrozen "
+                       "(fast: on; study: off, fastai's way)")
     group.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
                        help="channels_last memory format (fast: on for a CPU except VGG)")
     group.add_argument("--cache-features", action=argparse.BooleanOptionalAction,
@@ -162,6 +165,7 @@ def _run_config(args: argparse.Namespace, arch: str, out_dir: Path, native: int 
         image_size=args.image_size, batch_size=args.batch_size, freeze_epochs=args.freeze_epochs,
         epochs=args.epochs, lr=args.lr, channels_last=args.channels_last,
         cache_features=args.cache_features, train_bn=args.train_bn,
+        keep_bn_statistics=args.keep_bn_statistics,
         flip_vertical=args.flip_vertical, decode_cache=args.decode_cache,
     )
     base = RunConfig(

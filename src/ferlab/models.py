@@ -197,14 +197,19 @@ class FerNet(nn.Module):
         late = params[len(early) :]
         return early, late
 
-    def freeze_body(self, frozen: bool = True, train_bn: bool = False) -> None:
+    def freeze_body(
+        self, frozen: bool = True, train_bn: bool = False, keep_bn_statistics: bool = False
+    ) -> None:
         """Freeze (or unfreeze) the body's weights.
 
         With `train_bn`, BatchNorm layers keep learning while frozen (fastai's train_bn);
         without it the frozen body is a fixed function: `train()` keeps it in eval mode, so
-        its BatchNorm uses the ImageNet running statistics.
+        its BatchNorm uses the ImageNet running statistics. With `keep_bn_statistics` an
+        unfrozen body keeps them too: its BatchNorm layers stay in eval mode (their scale and
+        shift still learn) instead of switching to the statistics of each batch.
         """
         self.body_frozen = frozen and not train_bn
+        self.body_bn_fixed = keep_bn_statistics and not (frozen and train_bn)
         for module in self.body.modules():
             is_norm = isinstance(module, nn.modules.batchnorm._BatchNorm | nn.LayerNorm)
             for param in module.parameters(recurse=False):
@@ -215,6 +220,10 @@ class FerNet(nn.Module):
         super().train(mode)
         if mode and getattr(self, "body_frozen", False):
             self.body.eval()
+        elif mode and getattr(self, "body_bn_fixed", False):
+            for module in self.body.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
         return self
 
 

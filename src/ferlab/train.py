@@ -2,7 +2,8 @@
 
 Phase 1 trains the new head with the body frozen for `freeze_epochs` (the body's BatchNorm
 layers learn too only with `train_bn`, see `TrainConfig`); phase 2 unfreezes everything with
-discriminative learning rates (early body layers lr/100, late ones lr/10, the head lr). Each
+discriminative learning rates (early body layers lr/100, late ones lr/10, the head lr); with
+`keep_bn_statistics` the body's BatchNorm layers keep their ImageNet statistics then. Each
 phase is one AdamW one-cycle schedule, as fastai's `fine_tune` does. With `cache_features`
 the frozen phase computes the frozen body's pooled output once per augmented view and trains
 only the head on it; with `channels_last` the network runs in that memory format. Early
@@ -323,7 +324,7 @@ def fit(
             if state.epoch_in_phase >= epochs:  # e.g. --freeze-epochs 0
                 state.phase_index, state.epoch_in_phase = state.phase_index + 1, 0
                 continue
-            model.freeze_body(phase == "frozen", config.train_bn)
+            model.freeze_body(phase == "frozen", config.train_bn, config.keep_bn_statistics)
             optimizer = torch.optim.AdamW(
                 _param_groups(model, config, peak), lr=peak, weight_decay=config.weight_decay
             )
