@@ -17,7 +17,9 @@ import torch.nn.functional as F
 
 from ferlab.config import AugmentConfig
 
-__all__ = ["augment_batch", "normalize", "random_homographies"]
+__all__ = ["TTA_CROP", "augment_batch", "normalize", "random_homographies", "tta_views"]
+
+TTA_CROP = 0.9  # side of each test-time corner crop, as a share of the image's side
 
 
 def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -148,3 +150,20 @@ def augment_batch(
     if config.max_lighting > 0:
         result = _lighting(result, config, generator)
     return result
+
+
+def tta_views(images: torch.Tensor) -> list[torch.Tensor]:
+    """Test-time augmentation views of uint8 (N, 3, S, S): the images, their mirror images,
+    and their four corner crops of `TTA_CROP` of the side, resized back to S (float in [0, 1]).
+
+    Mild versions of what training augments with (flips, zoom), so each view is an image the
+    model has learnt to label; the caller averages the views' probabilities.
+    """
+    size = images.shape[-1]
+    crop = max(1, round(size * TTA_CROP))
+    views = [images, images.flip(-1)]
+    floats = images.float().div(255.0)
+    for top, left in ((0, 0), (0, size - crop), (size - crop, 0), (size - crop, size - crop)):
+        corner = floats[..., top : top + crop, left : left + crop]
+        views.append(F.interpolate(corner, size=(size, size), mode="bilinear", align_corners=False))
+    return views

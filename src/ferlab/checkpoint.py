@@ -39,6 +39,9 @@ class ModelCard:
     # Median sharpness of the training images (shift.py): inputs much sharper than this are
     # blurred to it before scoring, so the model sees what it learnt from. None: never.
     match_sharpness: float | None = None
+    # Temperature fitted on the validation split (calibrate.py): scores are
+    # softmax(logits / temperature). 1.0: uncalibrated.
+    temperature: float = 1.0
     metrics: dict[str, Any] = field(default_factory=dict)
     ferlab_version: str = __version__
     format_version: int = FORMAT_VERSION

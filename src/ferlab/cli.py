@@ -38,6 +38,9 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
                        help="input size in pixels (fast recipe: the images' own size, 64-112 px on a CPU, 224 on a GPU; study: 224)")
     group.add_argument("--batch-size", type=int, help="default 64, the study's")
     group.add_argument("--workers", type=int, default=0, help="image decoding threads (0 = one per core)")
+    group.add_argument("--exclude", type=Path, metavar="AUDIT_CSV",
+                       help="leave out the files marked exclude=yes in an audit.csv (from `ferlab audit`), "
+                       "or every file of a list with a 'path' column; they are listed in the report")
     aug = parser.add_argument_group("augmentation (the study's fastai aug_transforms)")
     aug.add_argument("--no-augment", action="store_true", help="turn every augmentation off")
     aug.add_argument("--no-flip", action="store_true", help="no horizontal flips")
@@ -49,7 +52,9 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
     aug.add_argument("--max-lighting", type=float, default=0.2, help="brightness/contrast (default 0.2)")
 
 
-def _add_training_options(parser: argparse.ArgumentParser) -> None:
+def _add_training_options(parser: argparse.ArgumentParser, several_balances: bool = False) -> None:
+    from ferlab.config import BALANCES, LOSSES
+
     group = parser.add_argument_group("training")
     group.add_argument("--recipe", choices=("fast", "study"), default="fast",
                        help="fast (default): ferlab's CPU-aware settings; study: the study's literally (224 px, 1+3 epochs, batch 64)")
@@ -59,6 +64,11 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--epochs", type=int, help="unfrozen epochs (default 3, the study's)")
     group.add_argument("--lr", type=float, help="peak learning rate of the head (default 2e-3)")
     group.add_argument("--patience", type=int, default=3, help="early stopping patience in epochs (default 3)")
+    group.add_argument("--balance", choices=BALANCES, nargs="+" if several_balances else None,
+                       default=["none"] if several_balances else "none",
+                       help="class imbalance: none (the study's), weighted-loss, oversample or undersample"
+                       + ("; several are compared on the same split" if several_balances else ""))
+    group.add_argument("--loss", choices=LOSSES, default="cross-entropy", help="cross-entropy or focal")
     group.add_argument("--train-bn", action=argparse.BooleanOptionalAction,
                        help="let the frozen body's BatchNorm layers train, as fastai does (study: on; fast: off, see config.py)")
     group.add_argument("--keep-bn-statistics", action=argparse.BooleanOptionalAction,
@@ -86,6 +96,9 @@ def _add_engine_option(parser: argparse.ArgumentParser) -> None:
         help="score images as they are, even when much sharper than the training images "
         "(by default those are blurred to the training sharpness first)",
     )
+    parser.add_argument("--tta", action="store_true",
+                        help="test-time augmentation: average over the image, its mirror image and four corner crops "
+                        "(6x the work; its measured gain is in each run's report)")
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -107,7 +120,7 @@ def _build_parser() -> argparse.ArgumentParser:
     compare.add_argument("data", type=Path)
     compare.add_argument("--arch", nargs="+", default=["resnet34", "vgg19_bn"], help="default: the study's two")
     _add_data_options(compare)
-    _add_training_options(compare)
+    _add_training_options(compare, several_balances=True)
 
     evaluate = commands.add_parser("evaluate", help="score a saved model on a labelled folder")
     evaluate.add_argument("model", type=Path, help="run folder or model.safetensors")
@@ -124,7 +137,20 @@ def _build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--format", choices=("table", "json", "csv"), default="table")
     predict.add_argument("--device", default="auto")
     predict.add_argument("--batch-size", type=int, default=64)
+    predict.add_argument("--min-confidence", type=float, default=0.0, metavar="P",
+                         help="label 'uncertain' where the calibrated top score is below P (scores are still given)")
     _add_engine_option(predict)
+
+    audit = commands.add_parser("audit", help="find likely label errors, duplicates and near-blank images")
+    audit.add_argument("data", type=Path, help="folder with one sub-folder per class")
+    audit.add_argument("--classes", help="comma-separated class folders to audit (default: all)")
+    audit.add_argument("--arch", default="auto", help="body whose ImageNet features score the images (default: best here)")
+    audit.add_argument("--pretrained", default="auto", help="auto, if-available, or PATH to a state dict")
+    audit.add_argument("--image-size", type=int, help="default: the images' own size, 64-112 px on a CPU")
+    audit.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
+    audit.add_argument("--exclude", type=Path, metavar="AUDIT_CSV", help="leave out files an earlier audit marked")
+    audit.add_argument("--gallery", type=int, default=300, help="findings shown in audit.html (default 300)")
+    audit.add_argument("--out", type=Path, help="folder for audit.csv and audit.html (default runs/<timestamp>-audit)")
 
     export = commands.add_parser("export", help="write a model as ONNX, checked against PyTorch")
     export.add_argument("model", type=Path, help="run folder or model.safetensors")
@@ -154,12 +180,15 @@ def _native_size(args: argparse.Namespace) -> int | None:
     return native_size(discover(args.data, _classes(args)).paths)
 
 
-def _run_config(args: argparse.Namespace, arch: str, out_dir: Path, native: int | None) -> Any:
+def _run_config(
+    args: argparse.Namespace, arch: str, out_dir: Path, native: int | None, balance: str | None = None
+) -> Any:
     """The run's settings: the recipe's, with every option given on the command line on top."""
     from ferlab.config import AugmentConfig, DataConfig, ModelConfig, RunConfig, TrainConfig
     from ferlab.recipes import apply_recipe, override, resolve_recipe
     from ferlab.train import pick_device
 
+    balance = balance or args.balance
     recipe = override(
         resolve_recipe(args.recipe, pick_device(args.device), arch, native),
         image_size=args.image_size, batch_size=args.batch_size, freeze_epochs=args.freeze_epochs,
@@ -172,10 +201,12 @@ def _run_config(args: argparse.Namespace, arch: str, out_dir: Path, native: int 
         data=DataConfig(
             root=args.data, classes=_classes(args), valid_fraction=args.valid_fraction,
             valid_dir=args.valid, test_dir=args.test, split_file=args.split_file, workers=args.workers,
+            exclude_file=args.exclude,
         ),
         out_dir=out_dir,
         model=ModelConfig(arch=arch, pretrained=args.pretrained),
-        train=TrainConfig(patience=args.patience, device=args.device, seed=args.seed),
+        train=TrainConfig(patience=args.patience, device=args.device, seed=args.seed, balance=balance,
+                          loss=args.loss),
         augment=AugmentConfig(
             enabled=not args.no_augment,
             flip_horizontal=not args.no_flip,
@@ -227,35 +258,26 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         get_architecture(name)  # fail on a typo before anything is read
     out = args.out or Path("runs") / f"{_timestamp()}-compare"
     native = _native_size(args)
-    configs = [_run_config(args, name, out / name, native) for name in args.arch]
+    several = len(args.balance) > 1
+    configs = [
+        _run_config(args, name, out / (f"{name}-{balance}" if several else name), native, balance)
+        for name in args.arch
+        for balance in args.balance
+    ]
     _, report = compare_runs(configs, out, _echo, not args.no_progress)
     _echo(f"comparison: {report}")
     return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from ferlab.data import decode_images, discover_for_model
-    from ferlab.evaluate import evaluate, summarize
-    from ferlab.predict import Predictor
+    from ferlab.predict import Predictor, evaluate_folder
     from ferlab.report import plot_confusion
-    from ferlab.shift import describe_shift, image_statistics
 
-    predictor = Predictor.load(args.model, args.device, args.engine, args.match_sharpness)
+    predictor = Predictor.load(args.model, args.device, args.engine, args.match_sharpness, args.tta)
     card = predictor.card
-    files = discover_for_model(args.data, card.class_names)
-    images = decode_images(files, card.image_size, require_every_class=False)
-    metrics = summarize(evaluate(predictor.engine, images, card.mean, card.std, args.data.name,
-                                 args.batch_size, predictor.sharpness_target))
-    metrics["engine_reason"] = predictor.engine_reason
-    if metrics["sharpness_matched"]:
-        as_given = summarize(evaluate(predictor.engine, images, card.mean, card.std, args.data.name, args.batch_size))
-        metrics["as_given"] = {k: as_given[k] for k in ("accuracy", "macro_f1", "loss")}
-    reference = card.metrics.get("train_image_statistics")
-    metrics["image_statistics"] = image_statistics(images.images)
-    shift = describe_shift(reference, metrics["image_statistics"], args.data.name) if reference else None
-    metrics["data_shift_warnings"] = [shift] if shift else []
-    if shift:
-        print(f"warning: {shift}", file=sys.stderr)
+    metrics = evaluate_folder(predictor, args.data, args.model, args.batch_size)
+    for warning in metrics["overlap_warnings"] + metrics["data_shift_warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
@@ -264,6 +286,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         print(json.dumps(metrics, indent=2))
         return 0
     _echo(f"{metrics['images']} images: accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}, loss {metrics['loss']:.4f}")
+    if "tta_gain" in metrics:
+        _echo(f"test-time augmentation: accuracy {metrics['tta_gain']['accuracy_without']:.4f} without, "
+              f"gain {metrics['tta_gain']['gain']:+.4f}")
+    if "ece" in metrics:
+        _echo(f"expected calibration error {metrics['ece']:.4f} at temperature {metrics['temperature']:.3f}")
     if metrics["sharpness_matched"]:
         _echo(f"{metrics['sharpness_matched']} images were much sharper than the training images and were blurred "
               f"to their sharpness first; scored as given: accuracy {metrics['as_given']['accuracy']:.4f} "
@@ -279,7 +306,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from ferlab.predict import Predictor
 
-    predictor = Predictor.load(args.model, args.device, args.engine, args.match_sharpness)
+    predictor = Predictor.load(
+        args.model, args.device, args.engine, args.match_sharpness, args.tta, args.min_confidence
+    )
     predictions = predictor.predict_files(args.inputs, args.batch_size)
     names = predictor.class_names
     if args.format == "json":
@@ -302,6 +331,32 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                 blurred = f"  (blurred {p.blur_sigma:.1f} px to the training sharpness)" if p.blur_sigma else ""
                 print(f"{p.path:<{width}}  {p.label:<10}  " + "  ".join(f"{p.scores[n]:>8.3f}" for n in names) + blurred)
     return 0 if any(p.error is None for p in predictions) else 1
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from ferlab.audit import AuditConfig
+    from ferlab.experiment import audit_data
+    from ferlab.recipes import choose_image_size
+    from ferlab.train import pick_device
+    from ferlab.weights import default_architecture
+
+    arch = default_architecture() if args.arch == "auto" else args.arch
+    size = args.image_size or choose_image_size(pick_device("auto"), _native_size(args))
+    out = args.out or Path("runs") / f"{_timestamp()}-audit"
+    result, table, gallery = audit_data(
+        args.data, _classes(args), arch, args.pretrained, size, out, AuditConfig(folds=args.folds),
+        _echo, args.exclude, args.gallery,
+    )
+    _echo(f"{len(result.findings)} of {result.images} images flagged "
+          f"(out-of-sample accuracy of the auditing classifier {result.out_of_sample_accuracy:.3f}):")
+    for kind, count in result.counts.items():
+        _echo(f"  {kind:<24} {count}")
+    _echo(f"  duplicate groups: {result.duplicate_groups}, with conflicting labels: {result.conflicting_groups}")
+    for rank, f in enumerate(result.findings[:10], start=1):
+        _echo(f"  {rank:>3}. {f.path}  {', '.join(f.issues)}  given {f.given_label} ({f.given_probability:.2f}), "
+              f"suggested {f.suggested_label} ({f.suggested_probability:.2f})")
+    _echo(f"wrote {table} and {gallery}; review, mark exclude=yes, then train with --exclude {table}")
+    return 0
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -399,6 +454,7 @@ COMMANDS = {
     "compare": _cmd_compare,
     "evaluate": _cmd_evaluate,
     "predict": _cmd_predict,
+    "audit": _cmd_audit,
     "export": _cmd_export,
     "archs": _cmd_archs,
     "demo": _cmd_demo,

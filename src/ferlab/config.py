@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "BALANCES",
+    "LOSSES",
     "AugmentConfig",
     "DataConfig",
     "ModelConfig",
@@ -20,6 +22,10 @@ __all__ = [
     "config_from_dict",
     "config_to_dict",
 ]
+
+
+BALANCES = ("none", "weighted-loss", "oversample", "undersample")  # see balance.py
+LOSSES = ("cross-entropy", "focal")
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,9 @@ class DataConfig:
     valid_dir: Path | None = None  # an explicit validation folder replaces the random split
     test_dir: Path | None = None  # evaluated once at the end, never used for model selection
     split_file: Path | None = None  # a split.csv from an earlier run, to reproduce its split
+    # An audit.csv (audit.py) whose rows marked exclude=yes are left out, or any CSV with a
+    # 'path' column whose files all are; left-out files are reported, never silently dropped.
+    exclude_file: Path | None = None
     image_size: int = 224  # the study's input size
     batch_size: int = 64  # the study's batch size; fits 2 cores and small GPUs alike
     workers: int = 0  # image decoding threads; 0 = one per CPU core
@@ -95,6 +104,11 @@ class TrainConfig:
     # (view k serves frozen epochs k, k+views, ...), so augmentation stays on.
     cache_features: bool = False
     feature_views: int = 2
+    # Class imbalance (balance.py): "none" trains on the data as it is, like the study;
+    # "weighted-loss", "oversample" or "undersample" make every class count the same.
+    balance: str = "none"
+    loss: str = "cross-entropy"  # or "focal": weighs down the images already right
+    focal_gamma: float = 2.0  # the focal loss's focusing power; 2 is Lin et al.'s choice
     weight_decay: float = 0.01  # AdamW's usual decoupled decay
     patience: int = 3  # epochs without a better valid accuracy before stopping
     device: str = "auto"  # "auto" picks CUDA when present, else CPU
@@ -140,7 +154,7 @@ def config_from_dict(raw: dict[str, Any]) -> RunConfig:
     """Inverse of `config_to_dict`; used by `--resume`."""
     data = dict(raw["data"])
     data["root"] = Path(data["root"])
-    for key in ("valid_dir", "test_dir", "split_file", "cache_dir"):
+    for key in ("valid_dir", "test_dir", "split_file", "cache_dir", "exclude_file"):
         data[key] = _path_or_none(data.get(key))
     if data.get("classes") is not None:
         data["classes"] = tuple(data["classes"])

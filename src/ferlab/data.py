@@ -9,6 +9,7 @@ A file that cannot be read is skipped and reported with its reason, never fatal.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import os
 from collections.abc import Iterator, Sequence
@@ -33,8 +34,11 @@ __all__ = [
     "decode_images",
     "discover",
     "discover_for_model",
+    "exclude_files",
+    "file_digests",
     "list_images",
     "load_image",
+    "read_exclusions",
     "read_split",
     "stratified_split",
     "try_load_image",
@@ -148,6 +152,39 @@ def discover(root: Path, classes: Sequence[str] | None = None) -> LabelledFiles:
     return LabelledFiles(tuple(folders), tuple(paths), tuple(labels), tuple(skipped))
 
 
+EXCLUDE_MARKS = frozenset({"yes", "y", "true", "1", "x"})
+
+
+def read_exclusions(path: Path) -> frozenset[Path]:
+    """The files a CSV says to leave out, resolved: the rows whose `exclude` column is marked
+    (yes/y/true/1/x; an audit.csv after review), or every row when there is no such column."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"exclusion list {str(path)!r} does not exist; make one with `ferlab audit DATA`")
+    with open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        if not reader.fieldnames or "path" not in reader.fieldnames:
+            raise DataError(f"{str(path)!r} needs a 'path' column (an audit.csv from `ferlab audit` has one)")
+        marked = "exclude" in reader.fieldnames
+        return frozenset(
+            Path(row["path"]).resolve()
+            for row in reader
+            if row["path"] and (not marked or (row["exclude"] or "").strip().lower() in EXCLUDE_MARKS)
+        )
+
+
+def exclude_files(files: LabelledFiles, excluded: frozenset[Path], source: Path) -> LabelledFiles:
+    """`files` without the excluded ones, which are reported as skipped with `source` named."""
+    keep = [i for i, p in enumerate(files.paths) if p.resolve() not in excluded]
+    dropped = [SkippedFile(p, f"excluded by {Path(source).name}") for p in files.paths if p.resolve() in excluded]
+    return LabelledFiles(
+        files.class_names,
+        tuple(files.paths[i] for i in keep),
+        tuple(files.labels[i] for i in keep),
+        files.skipped + tuple(dropped),
+    )
+
+
 def discover_for_model(root: Path, class_names: Sequence[str]) -> LabelledFiles:
     """Images of the class folders under `root` that a model knows, labelled in its order.
 
@@ -207,6 +244,19 @@ def decode_bytes(data: bytes, image_size: int) -> np.ndarray:
         rgb = _to_rgb(ImageOps.exif_transpose(opened) or opened)
     square = ImageOps.fit(rgb, (image_size, image_size), Image.Resampling.BILINEAR)
     return np.asarray(square, dtype=np.uint8)
+
+
+def file_digests(paths: Sequence[Path], workers: int = 0) -> list[str]:
+    """SHA-256 of each file's bytes (hex), in order; "" for a file that cannot be read."""
+
+    def digest(path: Path) -> str:
+        try:
+            return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        except OSError:
+            return ""
+
+    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+        return list(pool.map(digest, paths))
 
 
 def load_image(path: Path, image_size: int, cache: ImageCache | None = None) -> np.ndarray:

@@ -1,6 +1,8 @@
 """Score a model on labelled images and describe its errors as data.
 
-`evaluate` runs the model once and returns an `Evaluation` (probabilities, losses, timing);
+`evaluate` runs the model once and returns an `Evaluation` (logits, probabilities, losses,
+timing), optionally averaged over test-time augmentation views; `with_temperature` rescales
+its scores by a fitted temperature (calibrate.py) without running the model again;
 `summarize` turns it into the JSON-ready metrics of `metrics.json`; `top_losses`,
 `most_confused` and `compare_errors` give fastai's interpretation vocabulary. Nothing here
 prints or plots (see `report.py`).
@@ -8,6 +10,7 @@ prints or plots (see `report.py`).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,23 +19,28 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-from ferlab.augment import normalize
+from ferlab.augment import normalize, tta_views
+from ferlab.calibrate import calibration_summary, fit_temperature, softmax
 from ferlab.data import ImageSet, SkippedFile, batches
 from ferlab.engine import Engine
 from ferlab.shift import match_sharpness
 
 __all__ = [
     "Evaluation",
+    "Scores",
     "TopLoss",
     "compare_errors",
     "evaluate",
     "most_confused",
+    "overlap_warning",
+    "predict_logits",
     "predict_probabilities",
+    "score_model",
     "summarize",
     "top_losses",
+    "with_temperature",
 ]
 
 
@@ -49,6 +57,11 @@ class Evaluation:
     skipped: tuple[SkippedFile, ...] = ()
     engine: str = "torch"  # which inference engine produced the probabilities
     sharpness_matched: int = 0  # images blurred to the training sharpness before scoring
+    # Raw logits (N, C) of the plain pass, what temperature scaling is fitted on; None for
+    # test-time augmentation, whose probabilities are an average over views.
+    logits: np.ndarray | None = None
+    temperature: float = 1.0  # probabilities = softmax(logits / temperature)
+    tta: bool = False
 
     @property
     def predictions(self) -> np.ndarray:
@@ -71,11 +84,11 @@ class TopLoss:
     probability: float  # of the actual class
 
 
-def predict_probabilities(
+def predict_logits(
     engine: Engine, images: torch.Tensor, mean: Sequence[float], std: Sequence[float],
     batch_size: int = 128,
 ) -> tuple[np.ndarray, float]:
-    """Softmax outputs for uint8 images (N, 3, S, S) and the seconds the engine took."""
+    """Logits (N, C) for uint8 images (N, 3, S, S) and the seconds the engine took."""
     mean_t = torch.tensor(mean)
     std_t = torch.tensor(std)
     outputs: list[torch.Tensor] = []
@@ -85,23 +98,57 @@ def predict_probabilities(
         start = time.perf_counter()
         logits = engine.logits(inputs)  # returns on the CPU, so the clock includes the device
         seconds += time.perf_counter() - start
-        outputs.append(F.softmax(logits.float(), dim=1))
+        outputs.append(logits.float())
     if not outputs:
         return np.zeros((0, 0), dtype=np.float32), 0.0
     return torch.cat(outputs).numpy(), seconds
 
 
+def predict_probabilities(
+    engine: Engine, images: torch.Tensor, mean: Sequence[float], std: Sequence[float],
+    batch_size: int = 128, temperature: float = 1.0, tta: bool = False,
+) -> tuple[np.ndarray, float]:
+    """softmax(logits / temperature) for uint8 images (N, 3, S, S) and the engine's seconds.
+
+    With `tta`, the average of the probabilities over `tta_views` of each image.
+    """
+    if not tta:
+        logits, seconds = predict_logits(engine, images, mean, std, batch_size)
+        return (softmax(logits, temperature) if len(logits) else logits), seconds
+    outputs: list[np.ndarray] = []
+    seconds = 0.0
+    for index in batches(len(images), batch_size, shuffle=False):
+        views = tta_views(images[index])  # made per batch: all views of a set would not fit
+        average = np.zeros((len(index), 0))
+        for view in views:
+            logits, spent = predict_logits(engine, view, mean, std, batch_size)
+            probabilities = softmax(logits, temperature)
+            average = probabilities if average.shape[1] == 0 else average + probabilities
+            seconds += spent
+        outputs.append(average / len(views))
+    if not outputs:
+        return np.zeros((0, 0), dtype=np.float32), 0.0
+    return np.concatenate(outputs), seconds
+
+
 def evaluate(
     engine: Engine, images: ImageSet, mean: Sequence[float], std: Sequence[float],
     split: str, batch_size: int = 128, match_sharpness_to: float | None = None,
+    temperature: float = 1.0, tta: bool = False,
 ) -> Evaluation:
     """Score `images`; with `match_sharpness_to`, images much sharper than that are blurred
-    to it first (shift.py), as prediction does."""
+    to it first (shift.py), as prediction does; `temperature` and `tta` as in
+    `predict_probabilities`."""
     pixels, matched = images.images, 0
     if match_sharpness_to is not None:
         pixels, sigmas = match_sharpness(pixels, match_sharpness_to)
         matched = int((sigmas > 0).sum())
-    probabilities, seconds = predict_probabilities(engine, pixels, mean, std, batch_size)
+    logits: np.ndarray | None = None
+    if tta:
+        probabilities, seconds = predict_probabilities(engine, pixels, mean, std, batch_size, temperature, tta=True)
+    else:
+        logits, seconds = predict_logits(engine, pixels, mean, std, batch_size)
+        probabilities = softmax(logits, temperature) if len(logits) else logits
     return Evaluation(
         split=split,
         class_names=images.class_names,
@@ -112,7 +159,18 @@ def evaluate(
         skipped=images.skipped,
         engine=engine.name,
         sharpness_matched=matched,
+        logits=logits,
+        temperature=temperature,
+        tta=tta,
     )
+
+
+def with_temperature(evaluation: Evaluation, temperature: float) -> Evaluation:
+    """The same evaluation with its scores at `temperature` (labels and accuracy unchanged)."""
+    if evaluation.logits is None:
+        raise ValueError("a test-time-augmentation evaluation keeps no logits; evaluate with the temperature")
+    probabilities = softmax(evaluation.logits, temperature) if len(evaluation.logits) else evaluation.logits
+    return dataclasses.replace(evaluation, probabilities=probabilities, temperature=temperature)
 
 
 def summarize(evaluation: Evaluation) -> dict[str, Any]:
@@ -144,6 +202,8 @@ def summarize(evaluation: Evaluation) -> dict[str, Any]:
         "images_per_second": evaluation.images_per_second,
         "engine": evaluation.engine,
         "sharpness_matched": evaluation.sharpness_matched,
+        "temperature": evaluation.temperature,
+        "tta": evaluation.tta,
         "skipped": [{"path": str(s.path), "reason": s.reason} for s in evaluation.skipped],
     }
 
@@ -202,3 +262,62 @@ def compare_errors(evaluations: dict[str, Evaluation]) -> dict[str, Any]:
         ],
         "classes_by_f1": best_classes,
     }
+
+
+@dataclass(frozen=True)
+class Scores:
+    """A trained model scored on its validation (and test) images, calibrated."""
+
+    evaluations: dict[str, Evaluation]  # "valid", "test", "test_as_given"; at the temperature
+    temperature: float  # fitted on the validation split
+    calibration: dict[str, dict[str, Any]]  # split -> calibration_summary()
+    tta: dict[str, dict[str, float]]  # split -> accuracy without / with TTA and the gain
+
+
+def _tta_gain(plain: Evaluation, augmented: Evaluation) -> dict[str, float]:
+    before = float((plain.predictions == plain.labels).mean()) if len(plain.labels) else 0.0
+    after = float((augmented.predictions == augmented.labels).mean()) if len(augmented.labels) else 0.0
+    return {"accuracy": before, "accuracy_tta": after, "gain": after - before}
+
+
+def score_model(
+    engine: Engine, valid: ImageSet, test: ImageSet | None, mean: Sequence[float],
+    std: Sequence[float], match_sharpness_to: float | None = None, batch_size: int = 128,
+) -> Scores:
+    """Fit the temperature on `valid`, score both splits with it, and measure what test-time
+    augmentation changes. `test` is scored as `ferlab predict` scores (images much sharper
+    than `match_sharpness_to` blurred to it) and, when that touched any, also as given.
+    Calibration on `valid` is in-sample; on `test` it is the honest, out-of-sample figure.
+    """
+    raw = {"valid": evaluate(engine, valid, mean, std, "valid", batch_size)}
+    if test is not None:
+        raw["test"] = evaluate(engine, test, mean, std, "test", batch_size, match_sharpness_to)
+        if raw["test"].sharpness_matched:
+            raw["test_as_given"] = evaluate(engine, test, mean, std, "test as given", batch_size)
+    fitted = raw["valid"].logits
+    assert fitted is not None
+    temperature = fit_temperature(fitted, raw["valid"].labels) if len(fitted) else 1.0
+    evaluations = {split: with_temperature(e, temperature) for split, e in raw.items()}
+    calibration = {
+        split: calibration_summary(e.logits, e.labels, temperature)
+        for split, e in raw.items() if e.logits is not None and split != "test_as_given"
+    }
+    tta = {}
+    for split, images in (("valid", valid), ("test", test)):
+        if images is not None:
+            sharpness = match_sharpness_to if split == "test" else None
+            augmented = evaluate(engine, images, mean, std, split, batch_size, sharpness, temperature, tta=True)
+            tta[split] = _tta_gain(evaluations[split], augmented)
+    return Scores(evaluations, temperature, calibration, tta)
+
+
+def overlap_warning(training_digests: set[str], digests: Sequence[str], name: str) -> str | None:
+    """A loud warning when files scored as `name` are byte-identical to training files."""
+    shared = sum(1 for d in digests if d and d in training_digests)
+    if not shared:
+        return None
+    return (
+        f"{shared} of the {len(digests)} {name} images are byte-identical to files the model was "
+        "trained or validated on: accuracy on them measures memory, not generalisation. "
+        "Remove them from the evaluation folder for an honest score."
+    )

@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import load_file
 
 from ferlab._version import __version__
+from ferlab.audit import AuditConfig, AuditResult, run_audit, write_audit_csv
 from ferlab.augment import augment_batch
 from ferlab.checkpoint import ModelCard, save_model
 from ferlab.config import RunConfig, config_to_dict
@@ -31,14 +32,26 @@ from ferlab.data import (
     LabelledFiles,
     decode_images,
     discover,
+    exclude_files,
+    file_digests,
+    read_exclusions,
     read_split,
     stratified_split,
     write_split,
 )
 from ferlab.engine import select_engine
-from ferlab.evaluate import Evaluation, compare_errors, evaluate, summarize, top_losses
+from ferlab.evaluate import (
+    Evaluation,
+    Scores,
+    compare_errors,
+    overlap_warning,
+    score_model,
+    summarize,
+    top_losses,
+)
 from ferlab.image_cache import ImageCache
 from ferlab.models import FerNet, build_model, count_parameters, get_architecture
+from ferlab.predict import TRAINING_HASHES
 from ferlab.report import (
     RunReport,
     epoch_table_header,
@@ -47,7 +60,9 @@ from ferlab.report import (
     plot_confusion,
     plot_image_grid,
     plot_loss_curves,
+    plot_reliability,
     plot_top_losses,
+    write_audit_gallery,
     write_compare_report,
     write_run_report,
 )
@@ -56,7 +71,9 @@ from ferlab.shift import describe_shift, image_statistics
 from ferlab.train import EpochRecord, FitResult, fit, phase_throughput, pick_device
 from ferlab.weights import WeightSource, resolve_and_load
 
-__all__ = ["PreparedData", "RunResult", "TrainingInterrupted", "compare_runs", "prepare_data", "train_run"]
+__all__ = [
+    "PreparedData", "RunResult", "TrainingInterrupted", "audit_data", "compare_runs", "prepare_data", "train_run",
+]
 
 Echo = Callable[[str], None]
 
@@ -95,6 +112,10 @@ def prepare_data(config: RunConfig, echo: Echo, progress: bool = False) -> Prepa
     """Discover, decode and split; errors about the data come before any training."""
     data = config.data
     files = discover(data.root, data.classes)
+    if data.exclude_file is not None:
+        files = exclude_files(files, read_exclusions(data.exclude_file), data.exclude_file)
+        excluded = sum(1 for s in files.skipped if s.reason.startswith("excluded by"))
+        echo(f"left out {excluded} file(s) marked in {data.exclude_file}")
     echo(f"found {len(files.paths)} image files in {len(files.class_names)} classes under {data.root}")
     cache = ImageCache(data.cache_dir) if data.decode_cache else None
     started = time.perf_counter()
@@ -181,6 +202,33 @@ def _data_shift(data: PreparedData) -> tuple[dict[str, dict[str, float]], list[s
 
 def _write_json(path: Path, value: Any) -> None:
     path.write_text(json.dumps(value, indent=2) + "\n")
+
+
+def _trust_notes(scores: Scores, data: PreparedData, run_dir: Path) -> list[str]:
+    """The report's notes on calibration, test-time augmentation and train/test overlap;
+    writes the training files' digests beside the model for later `ferlab evaluate` runs."""
+    notes = []
+    for split, summary in scores.calibration.items():
+        notes.append(
+            f"Calibration ({split}): temperature {scores.temperature:.3f} takes the expected calibration "
+            f"error from {summary['ece_before']:.4f} to {summary['ece_after']:.4f}"
+            + (" (fitted on these images)." if split == "valid" else " (out of sample).")
+        )
+    if "test_as_given" in scores.evaluations:
+        test, given = scores.evaluations["test"], scores.evaluations["test_as_given"]
+        notes.append(
+            f"{test.sharpness_matched} of {len(test.labels)} test images are much sharper than the training "
+            "images and were blurred to their sharpness before scoring, as `ferlab predict` does: accuracy "
+            f"{float((test.predictions == test.labels).mean()):.4f}; scored as given "
+            f"{float((given.predictions == given.labels).mean()):.4f}."
+        )
+    digests = set(file_digests(data.train.paths + data.valid.paths)) - {""}
+    (run_dir / TRAINING_HASHES).write_text("".join(f"{d}\n" for d in sorted(digests)))
+    if data.test is not None:
+        warning = overlap_warning(digests, file_digests(data.test.paths), "test")
+        if warning:
+            notes.insert(0, warning)
+    return notes
 
 
 def _card(
@@ -294,24 +342,16 @@ def train_run(
 
     choice = select_engine(model, config.data.image_size, model_path, device, config.train.inference_engine)
     echo(f"inference engine: {choice.reason}")
-    evaluations = {"valid": evaluate(choice.engine, data.valid, arch.mean, arch.std, "valid")}
-    if data.test is not None:
-        # Scored as `ferlab predict` scores: images much sharper than the training images are
-        # blurred to their sharpness first. When that touched any, the as-given score is kept too.
-        evaluations["test"] = evaluate(
-            choice.engine, data.test, arch.mean, arch.std, "test", match_sharpness_to=train_sharpness
-        )
-        if evaluations["test"].sharpness_matched:
-            evaluations["test_as_given"] = evaluate(choice.engine, data.test, arch.mean, arch.std, "test as given")
+    # Calibrated on the validation split; test scored as `ferlab predict` scores (images much
+    # sharper than the training images blurred to their sharpness first) and, if that touched
+    # any, as given too; test-time augmentation's gain measured on both.
+    scores = score_model(choice.engine, data.valid, data.test, arch.mean, arch.std, train_sharpness)
+    evaluations = scores.evaluations
     metrics = {split: summarize(e) for split, e in evaluations.items()}
-    if "test_as_given" in metrics:
-        notes.append(
-            f"{metrics['test']['sharpness_matched']} of {metrics['test']['images']} test images are much "
-            "sharper than the training images and were blurred to their sharpness before scoring, as "
-            f"`ferlab predict` does: accuracy {metrics['test']['accuracy']:.4f}; scored as given "
-            f"{metrics['test_as_given']['accuracy']:.4f}."
-        )
-        echo(notes[-1])
+    trust_notes = _trust_notes(scores, data, run_dir)
+    for note in trust_notes:
+        echo(note)
+    notes += trust_notes
     best = fitted.history[fitted.best_index]
     training = {
         "seconds": fitted.train_seconds,
@@ -336,14 +376,18 @@ def train_run(
         **metrics,
         "training": training,
         "inference": inference,
+        "calibration": scores.calibration,
+        "tta": scores.tta,
         "image_statistics": statistics,
         "data_shift_warnings": shift_notes,
+        "overlap_warnings": [n for n in notes if "byte-identical" in n],
         "skipped": list(data.skipped),
     }
     _write_json(run_dir / "metrics.json", all_metrics)
     compact = {s: {k: m[k] for k in ("accuracy", "macro_f1", "loss", "images")} for s, m in metrics.items()}
     compact["train_image_statistics"] = statistics["train"]
-    save_model(model, _card(config, class_names, source, compact, train_sharpness), model_path)
+    card = dataclasses.replace(_card(config, class_names, source, compact, train_sharpness), temperature=scores.temperature)
+    save_model(model, card, model_path)
     with open(run_dir / "history.csv", "w") as handle:
         handle.write("phase,epoch,train_loss,valid_loss,accuracy,time_seconds\n")
         for r in fitted.history:
@@ -355,6 +399,7 @@ def train_run(
         plot_loss_curves(fitted.step_losses, fitted.history, run_dir / "loss_curves.png"),
         plot_confusion(metrics["valid"]["confusion_matrix"], class_names, run_dir / "confusion_matrix.png"),
         plot_top_losses(worst, _hwc(data.valid.images[[t.index for t in worst]]), run_dir / "top_losses.png"),
+        plot_reliability(scores.calibration, run_dir / "reliability_diagram.png"),
         *figures,
     ]
     if "test" in metrics:
@@ -373,6 +418,8 @@ def train_run(
             figures=figures,
             notes=notes,
             settings=config_to_dict(config),
+            calibration=scores.calibration,
+            tta=scores.tta,
         ),
         run_dir / "report.html",
     )
@@ -402,7 +449,7 @@ def compare_runs(
     data = prepare_data(configs[0], echo, progress)
     results: list[RunResult] = []
     for config in configs:
-        name = config.model.arch
+        name = config.out_dir.name  # the architecture, or architecture-balance when several
         echo(f"\n=== {name} ===")
         start = time.perf_counter()
         result = train_run(config, data, echo, progress)
@@ -411,7 +458,8 @@ def compare_runs(
     split = "test" if data.test is not None else "valid"
     rows = [
         {
-            "arch": r.arch,
+            "arch": r.run_dir.name,
+            "balance": configs[i].train.balance,
             "parameters": r.parameters,
             "pretrained": r.weight_source.kind if r.weight_source.kind != "none" else "none (scratch)",
             "best_epoch": f"{r.fit.history[r.fit.best_index].phase} {r.fit.history[r.fit.best_index].epoch}",
@@ -420,12 +468,13 @@ def compare_runs(
             "valid_loss": r.metrics["valid"]["loss"],
             "train_minutes": r.fit.train_seconds / 60,
             "images_per_second": r.metrics["valid"]["images_per_second"],
+            "recall": {c: v["recall"] for c, v in r.metrics[split]["per_class"].items()},
         }
-        for r in results
+        for i, r in enumerate(results)
     ]
-    observations = compare_errors({r.arch: r.evaluations["valid"] for r in results})
+    observations = compare_errors({r.run_dir.name: r.evaluations["valid"] for r in results})
     observations["most_confused"] = {
-        r.arch: [f"{c['actual']} → {c['predicted']} ({c['count']})" for c in r.metrics["valid"]["most_confused"][:3]]
+        r.run_dir.name: [f"{c['actual']} → {c['predicted']} ({c['count']})" for c in r.metrics["valid"]["most_confused"][:3]]
         for r in results
     }
     if data.test is not None:
@@ -434,6 +483,37 @@ def compare_runs(
     _write_json(out_dir / "compare.json", {"split": split, "rows": rows, "observations": observations})
     notes = [f"{r.arch} was trained from scratch (no pretrained weights)." for r in results if r.weight_source.kind == "none"]
     report = write_compare_report(
-        rows, observations, {r.arch: f"{r.run_dir.relative_to(out_dir)}/report.html" for r in results}, [], out_dir / "compare.html", notes
+        rows, observations, {r.run_dir.name: f"{r.run_dir.relative_to(out_dir)}/report.html" for r in results}, [], out_dir / "compare.html", notes
     )
     return results, report
+
+
+def audit_data(
+    root: Path, classes: Sequence[str] | None, arch_name: str, pretrained: str, image_size: int,
+    out_dir: Path, config: AuditConfig, echo: Echo = print, exclude_file: Path | None = None,
+    gallery_size: int = 300,
+) -> tuple[AuditResult, Path, Path]:
+    """Audit a folder-per-class data set (audit.py); writes out_dir/audit.csv and audit.html."""
+    arch = get_architecture(arch_name)
+    files = discover(root, classes)
+    if exclude_file is not None:
+        files = exclude_files(files, read_exclusions(exclude_file), exclude_file)
+    images = decode_images(files, image_size, cache=ImageCache())
+    echo(f"auditing {len(images)} images of {len(images.class_names)} classes under {root} at {image_size} px")
+    holder: dict[str, WeightSource] = {}
+
+    def load_imagenet(a: Any, network: torch.nn.Module) -> None:
+        holder["source"] = resolve_and_load(a, network, pretrained)
+
+    model = build_model(arch.name, len(images.class_names), load_imagenet=load_imagenet)
+    echo(f"features: {arch.name} body, weights: {holder['source'].describe()}")
+    device = pick_device("auto")
+    model.to(device)
+    result = run_audit(model, images, arch.mean, arch.std, device, config)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = write_audit_csv(result, out_dir / "audit.csv")
+    shown = result.findings[:gallery_size]
+    gallery = write_audit_gallery(
+        result, _hwc(images.images[[f.index for f in shown]]) if shown else [], out_dir / "audit.html", str(root)
+    )
+    return result, table, gallery

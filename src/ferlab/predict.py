@@ -10,21 +10,33 @@ training size, its normalisation. A file that cannot be read gives a `Prediction
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from ferlab.calibrate import expected_calibration_error
 from ferlab.checkpoint import ModelCard, load_model, resolve_model_path
-from ferlab.data import IMAGE_EXTENSIONS, list_images, try_load_image
+from ferlab.data import (
+    IMAGE_EXTENSIONS,
+    decode_images,
+    discover_for_model,
+    file_digests,
+    list_images,
+    try_load_image,
+)
 from ferlab.engine import Engine, EngineChoice, TorchEngine, select_engine
-from ferlab.evaluate import predict_probabilities
-from ferlab.shift import match_sharpness
+from ferlab.evaluate import evaluate, overlap_warning, predict_probabilities, summarize
+from ferlab.shift import describe_shift, image_statistics, match_sharpness
 from ferlab.train import pick_device
 
-__all__ = ["Prediction", "Predictor", "expand_inputs"]
+__all__ = ["TRAINING_HASHES", "UNCERTAIN", "Prediction", "Predictor", "evaluate_folder", "expand_inputs"]
+
+UNCERTAIN = "uncertain"  # the label below --min-confidence
 
 
 @dataclass(frozen=True)
@@ -66,13 +78,19 @@ class Predictor:
     """A loaded model ready to label faces, on the fastest correct engine (see `engine.py`)."""
 
     def __init__(
-        self, engine: Engine, card: ModelCard, engine_reason: str = "", match_sharpness: bool = True
+        self, engine: Engine, card: ModelCard, engine_reason: str = "", match_sharpness: bool = True,
+        tta: bool = False, min_confidence: float = 0.0,
     ) -> None:
+        if not 0.0 <= min_confidence <= 1.0:
+            raise ValueError(f"--min-confidence must be a probability between 0 and 1, not {min_confidence}")
         self.engine = engine
         self.card = card
         self.engine_reason = engine_reason or engine.name
         # Blur inputs much sharper than the training images to their sharpness (shift.py).
         self.sharpness_target = card.match_sharpness if match_sharpness else None
+        self.tta = tta  # average over test-time views (augment.tta_views)
+        # Below this calibrated top probability the label is UNCERTAIN; the scores stay.
+        self.min_confidence = min_confidence
 
     @classmethod
     def from_model(cls, model: torch.nn.Module, card: ModelCard, device: str = "cpu") -> Predictor:
@@ -81,38 +99,45 @@ class Predictor:
 
     @classmethod
     def load(
-        cls, path: str | Path, device: str = "auto", engine: str = "auto", match_sharpness: bool = True
+        cls, path: str | Path, device: str = "auto", engine: str = "auto", match_sharpness: bool = True,
+        tta: bool = False, min_confidence: float = 0.0,
     ) -> Predictor:
         """From a run folder or a model.safetensors with its model.json beside it.
 
         `engine` is "auto" (ONNX Runtime when installed and matching PyTorch), "onnx" or "torch".
         `match_sharpness`: blur inputs much sharper than the training images to their
         sharpness first (see shift.py); a model trained on sharp images never blurs.
+        `tta`: average the scores of test-time views; `min_confidence`: label images whose
+        calibrated top score is below it UNCERTAIN.
         """
         resolved = pick_device(device)
         model, card = load_model(Path(path), resolved)
         choice: EngineChoice = select_engine(
             model, card.image_size, resolve_model_path(Path(path)), resolved, engine
         )
-        return cls(choice.engine, card, choice.reason, match_sharpness)
+        return cls(choice.engine, card, choice.reason, match_sharpness, tta, min_confidence)
 
     @property
     def class_names(self) -> tuple[str, ...]:
         return self.card.class_names
 
     def predict_arrays(self, images: np.ndarray, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-        """uint8 (N, S, S, 3) at the model's input size -> probabilities (N, C) and the blur
-        applied to each image to match the training sharpness (N,), 0 where none."""
+        """uint8 (N, S, S, 3) at the model's input size -> calibrated probabilities (N, C) and
+        the blur applied to each image to match the training sharpness (N,), 0 where none."""
         tensor = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
         sigmas = torch.zeros(len(tensor))
         if self.sharpness_target is not None:
             tensor, sigmas = match_sharpness(tensor, self.sharpness_target)
-        probabilities, _ = predict_probabilities(self.engine, tensor, self.card.mean, self.card.std, batch_size)
+        probabilities, _ = predict_probabilities(
+            self.engine, tensor, self.card.mean, self.card.std, batch_size, self.card.temperature, self.tta
+        )
         return probabilities, sigmas.numpy()
 
     def _prediction(self, path: Path, probabilities: np.ndarray, sigma: float) -> Prediction:
         scores = {name: float(p) for name, p in zip(self.class_names, probabilities, strict=True)}
-        return Prediction(str(path), self.class_names[int(probabilities.argmax())], scores, blur_sigma=float(sigma))
+        top = int(probabilities.argmax())
+        label = self.class_names[top] if probabilities[top] >= self.min_confidence else UNCERTAIN
+        return Prediction(str(path), label, scores, blur_sigma=float(sigma))
 
     def predict_files(self, inputs: Sequence[str | Path], batch_size: int = 64) -> list[Prediction]:
         """One `Prediction` per image found in `inputs` (files or folders), in order."""
@@ -144,3 +169,42 @@ class Predictor:
                 flush()
         flush()
         return results
+
+
+TRAINING_HASHES = "training_hashes.txt"  # written beside the model by `ferlab train`
+
+
+def evaluate_folder(predictor: Predictor, folder: Path, model_path: Path, batch_size: int = 128) -> dict[str, Any]:
+    """metrics.json for `predictor` on a labelled folder, scored as `predict` scores (at the
+    model's temperature; with TTA when the predictor uses it), plus what a reader needs to
+    trust the number: the score as given when inputs were blurred to the training sharpness,
+    the TTA gain, calibration error, image statistics against the training images, and
+    files byte-identical to the training files (see `ferlab train`'s training_hashes.txt).
+    """
+    card = predictor.card
+    files = discover_for_model(folder, card.class_names)
+    images = decode_images(files, card.image_size, require_every_class=False)
+    score = functools.partial(evaluate, predictor.engine, images, card.mean, card.std, folder.name, batch_size)
+    plain = score(predictor.sharpness_target, card.temperature)
+    chosen = score(predictor.sharpness_target, card.temperature, tta=True) if predictor.tta else plain
+    metrics = summarize(chosen)
+    metrics["engine_reason"] = predictor.engine_reason
+    if plain.logits is not None and len(plain.labels):
+        metrics["ece"] = expected_calibration_error(plain.probabilities, plain.labels)
+    if predictor.tta:
+        accuracy = float((plain.predictions == plain.labels).mean()) if len(plain.labels) else 0.0
+        metrics["tta_gain"] = {"accuracy_without": accuracy, "gain": metrics["accuracy"] - accuracy}
+    if plain.sharpness_matched:
+        as_given = summarize(score(None, card.temperature))
+        metrics["as_given"] = {k: as_given[k] for k in ("accuracy", "macro_f1", "loss")}
+    reference = card.metrics.get("train_image_statistics")
+    metrics["image_statistics"] = image_statistics(images.images)
+    shift = describe_shift(reference, metrics["image_statistics"], folder.name) if reference else None
+    metrics["data_shift_warnings"] = [shift] if shift else []
+    hashes = resolve_model_path(model_path).parent / TRAINING_HASHES
+    overlap = None
+    if hashes.is_file():
+        training = set(hashes.read_text().split())
+        overlap = overlap_warning(training, file_digests(images.paths), folder.name)
+    metrics["overlap_warnings"] = [overlap] if overlap else []
+    return metrics

@@ -19,6 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from ferlab.audit import AuditResult
 from ferlab.evaluate import TopLoss
 from ferlab.train import EpochRecord
 
@@ -30,7 +31,9 @@ __all__ = [
     "plot_confusion",
     "plot_image_grid",
     "plot_loss_curves",
+    "plot_reliability",
     "plot_top_losses",
+    "write_audit_gallery",
     "write_compare_report",
     "write_run_report",
 ]
@@ -118,6 +121,62 @@ def plot_confusion(matrix: Sequence[Sequence[int]], class_names: Sequence[str], 
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return path
+
+
+def plot_reliability(calibration: Mapping[str, Mapping[str, Any]], path: Path) -> Path:
+    """Reliability diagrams, one per split: accuracy against confidence per bin, before and
+    after temperature scaling; the diagonal is perfect calibration."""
+    splits = list(calibration) or ["valid"]
+    figure, axes = plt.subplots(1, len(splits), figsize=(4.6 * len(splits), 4.4), squeeze=False)
+    for axis, split in zip(axes.flat, splits, strict=True):
+        summary = calibration.get(split, {})
+        axis.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect")
+        for key, colour, name in (("before", "tab:red", "before"), ("after", "tab:blue", "after")):
+            table = summary.get(f"reliability_{key}")
+            if not table:
+                continue
+            points = [(c, a) for c, a in zip(table["confidence"], table["accuracy"], strict=True) if c is not None]
+            if points:
+                xs, ys = zip(*points, strict=True)
+                axis.plot(xs, ys, "o-", color=colour,
+                          label=f"{name} (ECE {summary[f'ece_{key}']:.3f})")
+        axis.set_xlim(0, 1)
+        axis.set_ylim(0, 1)
+        axis.set_xlabel("confidence (top probability)")
+        axis.set_ylabel("accuracy")
+        title = f"{split}: T = {summary['temperature']:.2f}" if "temperature" in summary else split
+        axis.set_title(title)
+        axis.legend(loc="upper left", fontsize=8)
+        axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def _trust_block(calibration: Mapping[str, Mapping[str, Any]], tta: Mapping[str, Mapping[str, float]]) -> str:
+    """Calibration and test-time augmentation, measured, per split."""
+    if not calibration and not tta:
+        return ""
+    rows = []
+    for split in dict.fromkeys([*calibration, *tta]):
+        cal, aug = calibration.get(split, {}), tta.get(split, {})
+        rows.append((
+            split,
+            f"{cal['ece_before']:.4f}" if cal else "-", f"{cal['ece_after']:.4f}" if cal else "-",
+            f"{cal['nll_before']:.4f}" if cal else "-", f"{cal['nll_after']:.4f}" if cal else "-",
+            f"{aug['accuracy']:.4f}" if aug else "-", f"{aug['accuracy_tta']:.4f}" if aug else "-",
+            f"{aug['gain']:+.4f}" if aug else "-",
+        ))
+    return (
+        "<h2>Calibration and test-time augmentation</h2>"
+        "<p>Scores are divided by a temperature fitted on the validation split; the expected "
+        "calibration error (ECE) is the gap between confidence and accuracy (0 is perfect). "
+        "Test-time augmentation (TTA: the image, its mirror image and four corner crops, "
+        "averaged) is measured here, not assumed: use <code>--tta</code> where it gains.</p>"
+        + _table(("split", "ECE before", "ECE after", "NLL before", "NLL after",
+                  "accuracy", "accuracy with TTA", "TTA gain"), rows)
+    )
 
 
 def plot_image_grid(
@@ -209,6 +268,8 @@ class RunReport:
     figures: Sequence[Path]
     notes: Sequence[str] = field(default_factory=tuple)
     settings: Mapping[str, Any] = field(default_factory=dict)
+    calibration: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # split -> summary
+    tta: Mapping[str, Mapping[str, float]] = field(default_factory=dict)  # split -> gain
 
 
 def write_run_report(report: RunReport, path: Path) -> Path:
@@ -244,6 +305,7 @@ def write_run_report(report: RunReport, path: Path) -> Path:
     parts.append("<h2>Results (best checkpoint)</h2>")
     for split, metrics in report.metrics.items():
         parts.append(_metrics_block(split, metrics))
+    parts.append(_trust_block(report.calibration, report.tta))
     for figure in report.figures:
         parts.append(f"<h2>{html.escape(figure.stem.replace('_', ' '))}</h2>{_embed(figure)}")
     if report.settings:
@@ -266,14 +328,15 @@ def write_compare_report(
 ) -> Path:
     """compare.html: the side-by-side table, the shared errors, links to each run's report."""
     header = (
-        "architecture", "parameters", "pretrained", "best epoch", "accuracy", "macro-F1",
-        "valid loss", "train minutes", "inference img/s",
+        "run", "balance", "parameters", "pretrained", "best epoch", "accuracy", "macro-F1",
+        "recall per class", "valid loss", "train minutes", "inference img/s",
     )
     table_rows = [
         (
-            r["arch"], f"{r['parameters'] / 1e6:.1f} M", r["pretrained"], r["best_epoch"],
-            f"{r['accuracy']:.4f}", f"{r['macro_f1']:.4f}", f"{r['valid_loss']:.4f}",
-            f"{r['train_minutes']:.2f}", f"{r['images_per_second']:.0f}",
+            r["arch"], r.get("balance", "none"), f"{r['parameters'] / 1e6:.1f} M", r["pretrained"],
+            r["best_epoch"], f"{r['accuracy']:.4f}", f"{r['macro_f1']:.4f}",
+            ", ".join(f"{c} {v:.2f}" for c, v in r.get("recall", {}).items()),
+            f"{r['valid_loss']:.4f}", f"{r['train_minutes']:.2f}", f"{r['images_per_second']:.0f}",
         )
         for r in rows
     ]
@@ -310,4 +373,56 @@ def write_compare_report(
         parts.append(f"<li><a href='{html.escape(link)}'>{html.escape(name)}</a></li>")
     parts.append("</ul>")
     path.write_text(_page("ferlab compare", "".join(parts)), encoding="utf-8")
+    return path
+
+
+GALLERY_STYLE = """
+.grid{display:flex;flex-wrap:wrap;gap:10px}.card{border:1px solid #ccc;padding:6px;width:150px;
+font-size:12px;text-align:center}.card img{width:144px;height:144px;image-rendering:pixelated}
+.card.exclude{background:#fde2e2}.issues{color:#a33}
+"""
+
+
+def _png(image: np.ndarray) -> str:
+    """uint8 (S, S, 3) -> a data: URL of its PNG."""
+    from io import BytesIO
+
+    from PIL import Image
+
+    buffer = BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def write_audit_gallery(result: AuditResult, images: Sequence[np.ndarray], path: Path, source: str) -> Path:
+    """audit.html: a card per finding (image, given and suggested label, issues), ranked as
+    in audit.csv, for a person to review. `images` are uint8 HWC, one per finding shown."""
+    summary = _table(
+        ("issue", "images"),
+        [(kind, count) for kind, count in result.counts.items()]
+        + [("duplicate groups (conflicting)", f"{result.duplicate_groups} ({result.conflicting_groups})")],
+    )
+    cards = []
+    for rank, (finding, image) in enumerate(zip(result.findings, images, strict=False), start=1):
+        group = "" if finding.group is None else f" · group {finding.group}"
+        cards.append(
+            f"<div class='card{' exclude' if finding.exclude else ''}'>"
+            f"<img src='{_png(image)}' alt='{html.escape(finding.path.name)}'>"
+            f"<div><b>#{rank}</b> {html.escape(finding.path.name)}</div>"
+            f"<div>given <b>{html.escape(finding.given_label)}</b> ({finding.given_probability:.2f})</div>"
+            f"<div>suggested <b>{html.escape(finding.suggested_label)}</b> ({finding.suggested_probability:.2f})</div>"
+            f"<div class='issues'>{html.escape(', '.join(finding.issues))}{group}</div></div>"
+        )
+    shown = min(len(images), len(result.findings))
+    body = (
+        f"<p>{len(result.findings)} of {result.images} images of <code>{html.escape(source)}</code> are flagged; "
+        f"the first {shown} are shown, ranked as in <code>audit.csv</code>. Probabilities are out of "
+        f"sample (cross-validated on ImageNet features; {result.out_of_sample_accuracy:.3f} accuracy), so "
+        "a low probability for the given label is a reason to look, not a verdict. Red cards are "
+        "pre-marked <code>exclude=yes</code> (near-blank, or the same pixels under different labels); "
+        "mark the others you confirm in audit.csv, then train with <code>--exclude audit.csv</code>.</p>"
+        + summary + "<div class='grid'>" + "".join(cards) + "</div>"
+    )
+    page = _page("ferlab audit", body).replace("</style>", GALLERY_STYLE + "</style>", 1)
+    path.write_text(page, encoding="utf-8")
     return path

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ferlab.augment import augment_batch, normalize
+from ferlab.balance import LossFunction, epoch_order, epoch_size, loss_function
 from ferlab.config import AugmentConfig, TrainConfig
 from ferlab.data import ImageSet, batches
 from ferlab.models import FerNet
@@ -208,25 +209,24 @@ def _evaluate_head(model: FerNet, features: torch.Tensor, labels: torch.Tensor, 
 
 
 def _train_epoch(
-    model: FerNet, optimizer: torch.optim.Optimizer, count: int, labels: torch.Tensor,
-    forward: Callable[[torch.Tensor], torch.Tensor], device: torch.device, batch_size: int,
-    generator: torch.Generator, schedule: Callable[[int], tuple[float, float]], first_step: int,
-    progress: Any,
+    model: FerNet, optimizer: torch.optim.Optimizer, order: torch.Tensor, labels: torch.Tensor,
+    forward: Callable[[torch.Tensor], torch.Tensor], criterion: LossFunction, device: torch.device,
+    batch_size: int, schedule: Callable[[int], tuple[float, float]], first_step: int, progress: Any,
 ) -> list[float]:
-    """One shuffled pass over `count` examples; `forward(index)` gives a batch's logits.
-
-    Returns the loss of every step.
+    """One pass over the examples in `order` (shuffled indices, see balance.py);
+    `forward(index)` gives a batch's logits. Returns the loss of every step.
     """
     model.train()
     losses: list[float] = []
-    for step, index in enumerate(batches(count, batch_size, True, generator), start=first_step):
+    for step, positions in enumerate(batches(len(order), batch_size, shuffle=False), start=first_step):
+        index = order[positions]
         if len(index) < 2:
             continue  # BatchNorm cannot train on a single image
         multiplier, beta1 = schedule(step)
         for group in optimizer.param_groups:
             group["lr"] = group["peak"] * multiplier
             group["betas"] = (beta1, group["betas"][1])
-        loss = F.cross_entropy(forward(index), labels[index].to(device))
+        loss = criterion(forward(index), labels[index].to(device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -311,7 +311,10 @@ def fit(
     generator = torch.Generator().manual_seed(config.seed)
     if generator_state is not None:
         generator.set_state(generator_state)
-    steps_per_epoch = sum(1 for i in range(0, len(train), batch_size) if len(train) - i >= 2)
+    num_classes = len(train.class_names)
+    per_epoch = epoch_size(train.labels, num_classes, config.balance)
+    steps_per_epoch = sum(1 for i in range(0, per_epoch, batch_size) if per_epoch - i >= 2)
+    criterion = loss_function(config.loss, config.balance, train.labels, num_classes, config.focal_gamma)
     interrupted = False
     model.to(device)
     if config.channels_last:
@@ -350,9 +353,10 @@ def fit(
                         forward, score = _direct_epoch(
                             model, train, valid, config, augment, mean_t, std_t, device, batch_size, generator
                         )
+                    order = epoch_order(train.labels, num_classes, config.balance, generator)
                     losses = _train_epoch(
-                        model, optimizer, len(train), train.labels, forward, device, batch_size,
-                        generator, functools.partial(one_cycle, total=total, pct_start=pct_start),
+                        model, optimizer, order, train.labels, forward, criterion, device, batch_size,
+                        functools.partial(one_cycle, total=total, pct_start=pct_start),
                         state.epoch_in_phase * steps_per_epoch, bar,
                     )
                 finally:
@@ -363,12 +367,12 @@ def fit(
                 seconds = time.perf_counter() - start
                 record = EpochRecord(
                     phase, state.epoch_in_phase, sum(losses) / max(1, len(losses)),
-                    valid_loss, accuracy, seconds, train_seconds, len(train),
+                    valid_loss, accuracy, seconds, train_seconds, len(order),
                 )
                 state.history.append(record)
                 state.step_losses.extend(losses)
                 state.seconds += seconds
-                state.images_seen += len(train)
+                state.images_seen += len(order)
                 state.epoch_in_phase += 1
                 if accuracy > state.best_accuracy:
                     state.best_accuracy, state.best_index = accuracy, len(state.history) - 1
