@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -53,7 +54,8 @@ def test_audit_ranks_the_planted_defects_first(planted: tuple[Path, dict[str, se
     out = tmp_path / "audit"
     assert main(["audit", str(root), "--arch", "resnet18", "--pretrained", "none", "--image-size", "32",
                  "--out", str(out)]) == 0
-    assert "flagged" in capsys.readouterr().out
+    output = capsys.readouterr().out
+    assert "flagged" in output and "caution" not in output  # colours are easy: a strong classifier
     rows = list(csv.DictReader((out / "audit.csv").open()))
     names = [Path(r["path"]).name for r in rows]
     # Objective defects first: the near-blank image, then the group filed under two labels.
@@ -97,6 +99,14 @@ def test_exclusion_list_without_marks_and_bad_lists(planted: tuple[Path, dict[st
         read_exclusions(tmp_path / "bad.csv")
     with pytest.raises(DataError, match="ferlab audit"):
         read_exclusions(tmp_path / "missing.csv")
+
+
+def test_a_weak_auditing_classifier_is_called_weak() -> None:
+    from ferlab.audit import AuditResult
+
+    weak = AuditResult((), 100, ("a", "b"), {}, 0, 0, out_of_sample_accuracy=0.62, majority_rate=0.6)
+    assert weak.caution is not None and "weak evidence" in weak.caution
+    assert dataclasses.replace(weak, out_of_sample_accuracy=0.9).caution is None
 
 
 def test_building_blocks() -> None:

@@ -54,6 +54,8 @@ KIND_ORDER = (NEAR_BLANK, CONFLICTING, LABEL, DUPLICATE)
 # one that carries two labels at once, teaches nothing. Suspected label errors wait for a person.
 PRE_EXCLUDED = (NEAR_BLANK, CONFLICTING)
 CHUNK = 1024  # images converted to float at once: a whole set would cost gigabytes
+# Label suspicions are trusted only from a classifier this far above the largest class's share.
+WEAK_MARGIN = 0.1
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,19 @@ class AuditResult:
     duplicate_groups: int
     conflicting_groups: int
     out_of_sample_accuracy: float  # of the cross-validated classifier: how much to trust it
+    majority_rate: float  # share of the largest class: what always guessing it would score
+
+    @property
+    def caution(self) -> str | None:
+        """A warning when the auditing classifier is too weak for its label suspicions to mean much."""
+        if self.out_of_sample_accuracy >= self.majority_rate + WEAK_MARGIN:
+            return None
+        return (
+            f"The auditing classifier is barely better than always guessing the largest class "
+            f"({self.out_of_sample_accuracy:.3f} vs {self.majority_rate:.3f} accuracy), so its label "
+            "suspicions are weak evidence: review them, do not drop them wholesale. The duplicate and "
+            "near-blank findings do not depend on it."
+        )
 
 
 def _standardise(train: torch.Tensor, other: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -254,6 +269,7 @@ def run_audit(model: FerNet, images: ImageSet, mean: tuple[float, ...], std: tup
         findings=tuple(findings), images=len(images), class_names=names,
         counts={kind: sum(kind in f.issues for f in findings) for kind in KIND_ORDER},
         duplicate_groups=len(groups), conflicting_groups=conflicting, out_of_sample_accuracy=accuracy,
+        majority_rate=float(np.bincount(label_array).max() / len(label_array)) if len(label_array) else 0.0,
     )
 
 

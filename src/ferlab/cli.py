@@ -251,7 +251,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from ferlab.experiment import compare_runs
+    from ferlab.compare import compare_runs
     from ferlab.models import get_architecture
 
     for name in args.arch:
@@ -352,6 +352,8 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     for kind, count in result.counts.items():
         _echo(f"  {kind:<24} {count}")
     _echo(f"  duplicate groups: {result.duplicate_groups}, with conflicting labels: {result.conflicting_groups}")
+    if result.caution:
+        _echo(f"caution: {result.caution}")
     for rank, f in enumerate(result.findings[:10], start=1):
         _echo(f"  {rank:>3}. {f.path}  {', '.join(f.issues)}  given {f.given_label} ({f.given_probability:.2f}), "
               f"suggested {f.suggested_label} ({f.suggested_probability:.2f})")
@@ -411,8 +413,8 @@ def _cmd_archs(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    from ferlab.compare import compare_runs
     from ferlab.config import AugmentConfig, DataConfig, ModelConfig, RunConfig, TrainConfig
-    from ferlab.experiment import compare_runs
     from ferlab.recipes import resolve_recipe
     from ferlab.synthetic import generate_dataset
     from ferlab.train import pick_device

@@ -1,7 +1,7 @@
 """Orchestration: data -> model -> fit -> evaluate the best checkpoint -> artefacts.
 
 `prepare_data` decodes and splits once; `train_run` trains one architecture on it and writes
-the run folder; `compare_runs` trains several on the same split and writes compare.html.
+the run folder (compare.py trains several on one split); `audit_data` audits a data set.
 Each returns its results as data; messages go through the `echo` callable the caller passes.
 """
 
@@ -43,7 +43,6 @@ from ferlab.engine import select_engine
 from ferlab.evaluate import (
     Evaluation,
     Scores,
-    compare_errors,
     overlap_warning,
     score_model,
     summarize,
@@ -63,7 +62,6 @@ from ferlab.report import (
     plot_reliability,
     plot_top_losses,
     write_audit_gallery,
-    write_compare_report,
     write_run_report,
 )
 from ferlab.resume import load_state, save_state
@@ -72,7 +70,7 @@ from ferlab.train import EpochRecord, FitResult, fit, phase_throughput, pick_dev
 from ferlab.weights import WeightSource, resolve_and_load
 
 __all__ = [
-    "PreparedData", "RunResult", "TrainingInterrupted", "audit_data", "compare_runs", "prepare_data", "train_run",
+    "PreparedData", "RunResult", "TrainingInterrupted", "audit_data", "prepare_data", "train_run", "write_json",
 ]
 
 Echo = Callable[[str], None]
@@ -200,7 +198,7 @@ def _data_shift(data: PreparedData) -> tuple[dict[str, dict[str, float]], list[s
     return statistics, notes
 
 
-def _write_json(path: Path, value: Any) -> None:
+def write_json(path: Path, value: Any) -> None:
     path.write_text(json.dumps(value, indent=2) + "\n")
 
 
@@ -289,7 +287,7 @@ def train_run(
         echo(str(model))
 
     counts = data.counts()
-    _write_json(
+    write_json(
         run_dir / "config.json",
         {**config_to_dict(config), "weight_source": dataclasses.asdict(source), "versions": _versions()},
     )
@@ -383,7 +381,7 @@ def train_run(
         "overlap_warnings": [n for n in notes if "byte-identical" in n],
         "skipped": list(data.skipped),
     }
-    _write_json(run_dir / "metrics.json", all_metrics)
+    write_json(run_dir / "metrics.json", all_metrics)
     compact = {s: {k: m[k] for k in ("accuracy", "macro_f1", "loss", "images")} for s, m in metrics.items()}
     compact["train_image_statistics"] = statistics["train"]
     card = dataclasses.replace(_card(config, class_names, source, compact, train_sharpness), temperature=scores.temperature)
@@ -430,62 +428,6 @@ def train_run(
         run_dir=run_dir, arch=arch.name, parameters=count_parameters(model), weight_source=source,
         fit=fitted, metrics=metrics, evaluations=evaluations, report=report,
     )
-
-
-def compare_runs(
-    configs: Sequence[RunConfig], out_dir: Path, echo: Echo = print, progress: bool = False
-) -> tuple[list[RunResult], Path]:
-    """Train each config's architecture on one split of one data set; write out_dir/compare.html.
-
-    The configs may differ in model and training settings only (each architecture gets its
-    own recipe values); the data is decoded and split once, from the first.
-    """
-    if not configs:
-        raise ValueError("compare needs at least one architecture")
-    for config in configs:
-        get_architecture(config.model.arch)  # fail on a typo before decoding anything
-        if config.data != configs[0].data:
-            raise ValueError("compared runs must share their data settings (folder, split, image size)")
-    data = prepare_data(configs[0], echo, progress)
-    results: list[RunResult] = []
-    for config in configs:
-        name = config.out_dir.name  # the architecture, or architecture-balance when several
-        echo(f"\n=== {name} ===")
-        start = time.perf_counter()
-        result = train_run(config, data, echo, progress)
-        echo(f"{name}: {(time.perf_counter() - start) / 60:.1f} min in all")
-        results.append(result)
-    split = "test" if data.test is not None else "valid"
-    rows = [
-        {
-            "arch": r.run_dir.name,
-            "balance": configs[i].train.balance,
-            "parameters": r.parameters,
-            "pretrained": r.weight_source.kind if r.weight_source.kind != "none" else "none (scratch)",
-            "best_epoch": f"{r.fit.history[r.fit.best_index].phase} {r.fit.history[r.fit.best_index].epoch}",
-            "accuracy": r.metrics[split]["accuracy"],
-            "macro_f1": r.metrics[split]["macro_f1"],
-            "valid_loss": r.metrics["valid"]["loss"],
-            "train_minutes": r.fit.train_seconds / 60,
-            "images_per_second": r.metrics["valid"]["images_per_second"],
-            "recall": {c: v["recall"] for c, v in r.metrics[split]["per_class"].items()},
-        }
-        for i, r in enumerate(results)
-    ]
-    observations = compare_errors({r.run_dir.name: r.evaluations["valid"] for r in results})
-    observations["most_confused"] = {
-        r.run_dir.name: [f"{c['actual']} → {c['predicted']} ({c['count']})" for c in r.metrics["valid"]["most_confused"][:3]]
-        for r in results
-    }
-    if data.test is not None:
-        observations["test"] = True
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(out_dir / "compare.json", {"split": split, "rows": rows, "observations": observations})
-    notes = [f"{r.arch} was trained from scratch (no pretrained weights)." for r in results if r.weight_source.kind == "none"]
-    report = write_compare_report(
-        rows, observations, {r.run_dir.name: f"{r.run_dir.relative_to(out_dir)}/report.html" for r in results}, [], out_dir / "compare.html", notes
-    )
-    return results, report
 
 
 def audit_data(

@@ -414,7 +414,8 @@ def write_audit_gallery(result: AuditResult, images: Sequence[np.ndarray], path:
             f"<div class='issues'>{html.escape(', '.join(finding.issues))}{group}</div></div>"
         )
     shown = min(len(images), len(result.findings))
-    body = (
+    caution = f"<p class='warn'>{html.escape(result.caution)}</p>" if result.caution else ""
+    body = caution + (
         f"<p>{len(result.findings)} of {result.images} images of <code>{html.escape(source)}</code> are flagged; "
         f"the first {shown} are shown, ranked as in <code>audit.csv</code>. Probabilities are out of "
         f"sample (cross-validated on ImageNet features; {result.out_of_sample_accuracy:.3f} accuracy), so "
