@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ferlab.audit import AuditConfig
+from ferlab.audit import CONFLICTING, NEAR_BLANK, AuditConfig
 from ferlab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from ferlab.data import discover
 from ferlab.experiment import audit_data, prepare_data, train_run
@@ -103,9 +103,10 @@ def _audit(train_dir: Path, out: Path, image_size: int) -> dict[str, Any]:
     result, table, _ = audit_data(train_dir, CLASSES, default_architecture(), "auto", image_size, out,
                                   AuditConfig(), lambda _: None)
     minutes = (time.perf_counter() - start) / 60
-    rank = {f.path.resolve(): i for i, f in enumerate(result.findings, start=1)}
-    blank_ranks = [rank.get(p.resolve()) for p in truth["near_blank"]]
-    conflict_ranks = [[rank.get(p.resolve()) for p in group] for group in truth["conflicting_groups"]]
+    # A known defect counts as found only when flagged as that kind, not merely flagged.
+    rank = {(f.path.resolve(), kind): i for i, f in enumerate(result.findings, start=1) for kind in f.issues}
+    blank_ranks = [rank.get((p.resolve(), NEAR_BLANK)) for p in truth["near_blank"]]
+    conflict_ranks = [[rank.get((p.resolve(), CONFLICTING)) for p in group] for group in truth["conflicting_groups"]]
     found_groups = sum(all(r is not None for r in ranks) for ranks in conflict_ranks)
     every = [r for r in blank_ranks if r] + [r for ranks in conflict_ranks for r in ranks if r]
     return {
