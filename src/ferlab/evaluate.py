@@ -118,14 +118,10 @@ def predict_probabilities(
     outputs: list[np.ndarray] = []
     seconds = 0.0
     for index in batches(len(images), batch_size, shuffle=False):
-        views = tta_views(images[index])  # made per batch: all views of a set would not fit
-        average = np.zeros((len(index), 0))
-        for view in views:
-            logits, spent = predict_logits(engine, view, mean, std, batch_size)
-            probabilities = softmax(logits, temperature)
-            average = probabilities if average.shape[1] == 0 else average + probabilities
-            seconds += spent
-        outputs.append(average / len(views))
+        # Views are made per batch: all views of a whole set would not fit in memory.
+        scored = [predict_logits(engine, view, mean, std, batch_size) for view in tta_views(images[index])]
+        outputs.append(np.mean([softmax(logits, temperature) for logits, _ in scored], axis=0))
+        seconds += sum(spent for _, spent in scored)
     if not outputs:
         return np.zeros((0, 0), dtype=np.float32), 0.0
     return np.concatenate(outputs), seconds

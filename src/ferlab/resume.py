@@ -1,4 +1,4 @@
-"""Continue an interrupted run: the state after each finished epoch, saved without pickle.
+"""Continue an interrupted run: the state after each finished epoch, saved without pickle (safetensors and JSON).
 
 `save_state` writes resume.safetensors (model weights, AdamW moments, random-number-generator
 states) and resume.json (the epoch history and counters, the optimiser's settings);
