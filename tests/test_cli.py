@@ -244,3 +244,25 @@ def test_blurred_training_images_against_sharp_test_images_are_flagged(
     assert metrics["test"]["sharpness_matched"] > 0 and metrics["test_as_given"]["sharpness_matched"] == 0
     assert metrics["test_as_given"]["images"] == metrics["test"]["images"]
     assert "scored as given" in (run / "report.html").read_text()
+
+
+def test_demo_generates_data_and_compares_two_architectures(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--out", str(tmp_path), "--per-class", "6", "--no-progress"]) == 0
+    assert "open the comparison in a browser" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["angry", "happy", "neutral", "sad", "surprise"]
+    (compare,) = tmp_path.glob("compare-*/compare.json")
+    rows = json.loads(compare.read_text())["rows"]
+    assert len(rows) == 2 and rows[0]["arch"] != rows[1]["arch"]
+    assert (compare.parent / "compare.html").is_file()
+    for row in rows:
+        assert (compare.parent / row["arch"] / "report.html").is_file()
+
+
+def test_demo_picks_the_cheapest_architectures_with_weights() -> None:
+    from ferlab.demo import demo_architectures
+
+    assert demo_architectures({"efficientnet_lite2", "mobilenet_v2", "efficientnet_lite0"}) == [
+        "efficientnet_lite0", "mobilenet_v2"
+    ]
+    assert demo_architectures({"efficientnet_lite1"}) == ["efficientnet_lite1", "resnet18"]
+    assert demo_architectures(set()) == ["resnet18", "mobilenet_v2"]

@@ -163,6 +163,7 @@ def _build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="compare two architectures on a generated data set (a few minutes)")
     demo.add_argument("--out", type=Path, default=Path("ferlab-demo"), help="default ./ferlab-demo")
     demo.add_argument("--per-class", type=int, default=100, help="images per expression (default 100)")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
 
@@ -413,40 +414,9 @@ def _cmd_archs(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from ferlab.compare import compare_runs
-    from ferlab.config import AugmentConfig, DataConfig, ModelConfig, RunConfig, TrainConfig
-    from ferlab.recipes import resolve_recipe
-    from ferlab.synthetic import generate_dataset
-    from ferlab.train import pick_device
-    from ferlab.weights import available_architectures
+    from ferlab.demo import run_demo
 
-    data_dir = args.out / "data"
-    if not data_dir.is_dir():
-        _echo(f"drawing {args.per_class} synthetic faces per expression into {data_dir}")
-        generate_dataset(data_dir, args.per_class, image_size=96, seed=0)
-    # The two cheapest architectures that have ImageNet weights here; resnet18 from scratch
-    # fills in when fewer are installed (and the report says so).
-    cheap_first = ["efficientnet_lite0", "mobilenet_v2", "resnet18", "efficientnet_lite1"]
-    have = {arch.name for arch, _ in available_architectures()}
-    archs = [a for a in cheap_first if a in have][:2]
-    archs += [a for a in ("resnet18", "mobilenet_v2") if a not in archs][: 2 - len(archs)]
-    out = args.out / f"compare-{_timestamp()}"
-    device = pick_device("auto")
-
-    def demo_config(arch: str) -> RunConfig:
-        recipe = resolve_recipe("fast", device, arch, native=96)
-        return RunConfig(
-            # Small images and batches: many optimiser steps on few images within the time budget.
-            data=DataConfig(root=data_dir, image_size=96, batch_size=16),
-            out_dir=out / arch,
-            model=ModelConfig(arch=arch, pretrained="if-available"),
-            train=TrainConfig(freeze_epochs=1, epochs=5, channels_last=recipe.channels_last,
-                              cache_features=recipe.cache_features),
-            augment=AugmentConfig(),
-        )
-
-    _echo(f"comparing {', '.join(archs)} on {data_dir} (96x96 px, 1 frozen + 5 unfrozen epochs)")
-    _, report = compare_runs([demo_config(a) for a in archs], out, _echo, progress=True)
+    report = run_demo(args.out, args.per_class, f"compare-{_timestamp()}", _echo, progress=not args.no_progress)
     _echo(f"\ndemo finished; open the comparison in a browser: {report.resolve()}")
     return 0
 
