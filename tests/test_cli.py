@@ -127,7 +127,7 @@ def test_predict_json_gives_label_and_every_score(
 def test_predict_folder_as_csv_and_table(trained_run: Path, test_faces: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["predict", str(trained_run), str(test_faces), "--format", "csv"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[0] == "path,label,angry,happy,neutral,sad,surprise,blur_sigma,error"
+    assert lines[0] == "path,face,x,y,width,height,detector_score,label,angry,happy,neutral,sad,surprise,blur_sigma,error"
     assert len(lines) == 21
     assert main(["predict", str(trained_run), str(test_faces / "sad")]) == 0
     assert len(capsys.readouterr().out.strip().splitlines()) == 5

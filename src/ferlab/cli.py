@@ -137,6 +137,11 @@ def _build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--format", choices=("table", "json", "csv"), default="table")
     predict.add_argument("--device", default="auto")
     predict.add_argument("--batch-size", type=int, default=64)
+    predict.add_argument("--faces", default="auto", metavar="auto|none|DETECTOR",
+                         help="auto (default): find the faces in images larger than a face crop; none: each image is "
+                         "one face, as in training; haar: detect in every image")
+    predict.add_argument("--annotate", type=Path, metavar="OUT_DIR",
+                         help="write copies of the images with each face's box and label drawn")
     predict.add_argument("--min-confidence", type=float, default=0.0, metavar="P",
                          help="label 'uncertain' where the calibrated top score is below P (scores are still given)")
     _add_engine_option(predict)
@@ -308,19 +313,22 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from ferlab.predict import Predictor
 
     predictor = Predictor.load(
-        args.model, args.device, args.engine, args.match_sharpness, args.tta, args.min_confidence
+        args.model, args.device, args.engine, args.match_sharpness, args.tta, args.min_confidence, args.faces
     )
     predictions = predictor.predict_files(args.inputs, args.batch_size)
     names = predictor.class_names
+    detecting = args.faces != "none"
     if args.format == "json":
         print(json.dumps([p.to_json() for p in predictions], indent=2))
     elif args.format == "csv":
         buffer = io.StringIO()
         writer = csv.writer(buffer)
-        writer.writerow(["path", "label", *names, "blur_sigma", "error"])
+        face_columns = ["face", "x", "y", "width", "height", "detector_score"] if detecting else []
+        writer.writerow(["path", *face_columns, "label", *names, "blur_sigma", "error"])
         for p in predictions:
-            writer.writerow([p.path, p.label or "", *(f"{p.scores[n]:.6f}" if p.scores else "" for n in names),
-                             f"{p.blur_sigma:.2f}", p.error or ""])
+            face_cells = ([p.face, *(p.box or ()), f"{p.detector_score:.3f}"] if p.box else [""] * 6) if detecting else []
+            writer.writerow([p.path, *face_cells, p.label or "",
+                             *(f"{p.scores[n]:.6f}" if p.scores else "" for n in names), f"{p.blur_sigma:.2f}", p.error or ""])
         sys.stdout.write(buffer.getvalue())
     else:
         width = max([len(p.path) for p in predictions] + [4])
@@ -329,8 +337,14 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             if p.error:
                 print(f"{p.path:<{width}}  error: {p.error}")
             else:
+                face = f"  face {p.face} at {p.box}" if p.box else ""
                 blurred = f"  (blurred {p.blur_sigma:.1f} px to the training sharpness)" if p.blur_sigma else ""
-                print(f"{p.path:<{width}}  {p.label:<10}  " + "  ".join(f"{p.scores[n]:>8.3f}" for n in names) + blurred)
+                print(f"{p.path:<{width}}  {p.label:<10}  " + "  ".join(f"{p.scores[n]:>8.3f}" for n in names) + face + blurred)
+    if args.annotate is not None:
+        from ferlab.report import write_annotated
+
+        written = write_annotated(predictions, args.annotate)
+        print(f"annotated {len(written)} image(s) in {args.annotate}", file=sys.stderr)
     return 0 if any(p.error is None for p in predictions) else 1
 
 
@@ -445,6 +459,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     from ferlab.data import DataError
+    from ferlab.detect import DetectorUnavailable
     from ferlab.engine import EngineUnavailable
     from ferlab.experiment import TrainingInterrupted
     from ferlab.models import UnknownArchitecture
@@ -459,7 +474,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except (DataError, UnknownArchitecture, WeightsError, WeightsUnavailable, EngineUnavailable,
-            FileNotFoundError, ValueError) as error:
+            DetectorUnavailable, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
 

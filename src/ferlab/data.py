@@ -39,9 +39,11 @@ __all__ = [
     "list_images",
     "load_image",
     "read_exclusions",
+    "read_rgb",
     "read_split",
     "stratified_split",
     "try_load_image",
+    "try_read_rgb",
     "write_split",
 ]
 
@@ -239,11 +241,20 @@ def decode_bytes(data: bytes, image_size: int) -> np.ndarray:
 
     Raises OSError/ValueError (PIL's own) for unreadable or truncated files.
     """
+    square = ImageOps.fit(_open_rgb(data), (image_size, image_size), Image.Resampling.BILINEAR)
+    return np.asarray(square, dtype=np.uint8)
+
+
+def _open_rgb(data: bytes) -> Image.Image:
     with Image.open(io.BytesIO(data)) as opened:
         opened.load()  # forces a full decode, so truncated files fail here and not mid-epoch
-        rgb = _to_rgb(ImageOps.exif_transpose(opened) or opened)
-    square = ImageOps.fit(rgb, (image_size, image_size), Image.Resampling.BILINEAR)
-    return np.asarray(square, dtype=np.uint8)
+        return _to_rgb(ImageOps.exif_transpose(opened) or opened)
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """The whole image at its own size as uint8 (H, W, 3), EXIF-rotated and RGB (for face
+    detection); raises OSError/ValueError for unreadable files."""
+    return np.asarray(_open_rgb(Path(path).read_bytes()), dtype=np.uint8)
 
 
 def file_digests(paths: Sequence[Path], workers: int = 0) -> list[str]:
@@ -276,10 +287,22 @@ def try_load_image(path: Path, image_size: int, cache: ImageCache | None = None)
     """`load_image`, or the reason the file cannot be read."""
     try:
         return load_image(path, image_size, cache)
-    except UnidentifiedImageError:
-        return "not a readable image (unknown format or not an image at all)"
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-        return f"unreadable image: {error}"
+        return _unreadable(error)
+
+
+def try_read_rgb(path: Path) -> np.ndarray | str:
+    """`read_rgb`, or the reason the file cannot be read."""
+    try:
+        return read_rgb(path)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        return _unreadable(error)
+
+
+def _unreadable(error: Exception) -> str:
+    if isinstance(error, UnidentifiedImageError):
+        return "not a readable image (unknown format or not an image at all)"
+    return f"unreadable image: {error}"
 
 
 def _default_workers() -> int:

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image, ImageOps
 
 from ferlab.calibrate import expected_calibration_error
 from ferlab.checkpoint import ModelCard, load_model, resolve_model_path
@@ -28,7 +29,9 @@ from ferlab.data import (
     file_digests,
     list_images,
     try_load_image,
+    try_read_rgb,
 )
+from ferlab.detect import DETECTORS, Face, FaceDetector, crop_face, is_face_crop, make_detector
 from ferlab.engine import Engine, EngineChoice, TorchEngine, select_engine
 from ferlab.evaluate import evaluate, overlap_warning, predict_probabilities, summarize
 from ferlab.shift import describe_shift, image_statistics, match_sharpness
@@ -48,9 +51,16 @@ class Prediction:
     # The Gaussian blur (pixels at model size) that brought this image to the training
     # images' sharpness before scoring; 0 when it was scored as it is.
     blur_sigma: float = 0.0
+    # With face detection: which face of the photo (0 = leftmost), its box (x, y, width,
+    # height in the photo's pixels) and the detector's score. None: the whole image.
+    face: int | None = None
+    box: tuple[int, int, int, int] | None = None
+    detector_score: float | None = None
 
     def to_json(self) -> dict[str, object]:
         row: dict[str, object] = {"path": self.path, "label": self.label, "scores": self.scores}
+        if self.face is not None:
+            row.update(face=self.face, box=list(self.box or ()), detector_score=self.detector_score)
         if self.blur_sigma:
             row["blurred_to_training_sharpness"] = round(self.blur_sigma, 2)
         if self.error is not None:
@@ -79,7 +89,7 @@ class Predictor:
 
     def __init__(
         self, engine: Engine, card: ModelCard, engine_reason: str = "", match_sharpness: bool = True,
-        tta: bool = False, min_confidence: float = 0.0,
+        tta: bool = False, min_confidence: float = 0.0, faces: str = "none",
     ) -> None:
         if not 0.0 <= min_confidence <= 1.0:
             raise ValueError(f"--min-confidence must be a probability between 0 and 1, not {min_confidence}")
@@ -91,6 +101,14 @@ class Predictor:
         self.tta = tta  # average over test-time views (augment.tta_views)
         # Below this calibrated top probability the label is UNCERTAIN; the scores stay.
         self.min_confidence = min_confidence
+        # "none": every image is one face (as the training crops); "auto": detect faces in
+        # images larger than a crop; a detector's name: detect in every image (detect.py).
+        if faces not in ("none", "auto", *DETECTORS):
+            raise ValueError(f"--faces takes none, auto or a detector ({', '.join(DETECTORS)}), not {faces!r}")
+        self.faces = faces
+        self.detector: FaceDetector | None = None if faces == "none" else make_detector(
+            DETECTORS[0] if faces == "auto" else faces
+        )
 
     @classmethod
     def from_model(cls, model: torch.nn.Module, card: ModelCard, device: str = "cpu") -> Predictor:
@@ -100,7 +118,7 @@ class Predictor:
     @classmethod
     def load(
         cls, path: str | Path, device: str = "auto", engine: str = "auto", match_sharpness: bool = True,
-        tta: bool = False, min_confidence: float = 0.0,
+        tta: bool = False, min_confidence: float = 0.0, faces: str = "none",
     ) -> Predictor:
         """From a run folder or a model.safetensors with its model.json beside it.
 
@@ -108,14 +126,15 @@ class Predictor:
         `match_sharpness`: blur inputs much sharper than the training images to their
         sharpness first (see shift.py); a model trained on sharp images never blurs.
         `tta`: average the scores of test-time views; `min_confidence`: label images whose
-        calibrated top score is below it UNCERTAIN.
+        calibrated top score is below it UNCERTAIN; `faces`: "none", "auto" or a detector's
+        name (see `Predictor.__init__`).
         """
         resolved = pick_device(device)
         model, card = load_model(Path(path), resolved)
         choice: EngineChoice = select_engine(
             model, card.image_size, resolve_model_path(Path(path)), resolved, engine
         )
-        return cls(choice.engine, card, choice.reason, match_sharpness, tta, min_confidence)
+        return cls(choice.engine, card, choice.reason, match_sharpness, tta, min_confidence, faces)
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -133,23 +152,46 @@ class Predictor:
         )
         return probabilities, sigmas.numpy()
 
-    def _prediction(self, path: Path, probabilities: np.ndarray, sigma: float) -> Prediction:
+    def _prediction(
+        self, path: Path, probabilities: np.ndarray, sigma: float, face: tuple[int, Face] | None
+    ) -> Prediction:
         scores = {name: float(p) for name, p in zip(self.class_names, probabilities, strict=True)}
         top = int(probabilities.argmax())
         label = self.class_names[top] if probabilities[top] >= self.min_confidence else UNCERTAIN
-        return Prediction(str(path), label, scores, blur_sigma=float(sigma))
+        if face is None:
+            return Prediction(str(path), label, scores, blur_sigma=float(sigma))
+        return Prediction(str(path), label, scores, blur_sigma=float(sigma), face=face[0], box=face[1].box,
+                          detector_score=face[1].score)
+
+    def _crops(self, path: Path) -> list[tuple[tuple[int, Face] | None, np.ndarray]] | str:
+        """The model-size crops to score for one file: the whole image, or one per face found;
+        or the reason there are none."""
+        size = self.card.image_size
+        if self.detector is None:
+            array = try_load_image(path, size)
+            return array if isinstance(array, str) else [(None, array)]
+        photo = try_read_rgb(path)
+        if isinstance(photo, str):
+            return photo
+        if self.faces == "auto" and is_face_crop(photo):
+            fitted = ImageOps.fit(Image.fromarray(photo), (size, size), Image.Resampling.BILINEAR)
+            return [(None, np.asarray(fitted, dtype=np.uint8))]
+        found = self.detector.detect(photo)
+        if not found:
+            return f"no face found by the {self.detector.name} detector (--faces none scores the whole image)"
+        return [((i, face), crop_face(photo, face, size)) for i, face in enumerate(found)]
 
     def predict_files(self, inputs: Sequence[str | Path], batch_size: int = 64) -> list[Prediction]:
         """One `Prediction` per image found in `inputs` (files or folders), in order."""
         results: list[Prediction] = []
-        pending: list[tuple[int, Path, np.ndarray]] = []
+        pending: list[tuple[int, Path, tuple[int, Face] | None, np.ndarray]] = []
 
         def flush() -> None:
             if not pending:
                 return
-            probabilities, sigmas = self.predict_arrays(np.stack([p[2] for p in pending]), batch_size)
-            for (slot, path, _), row, sigma in zip(pending, probabilities, sigmas, strict=True):
-                results[slot] = self._prediction(path, row, sigma)
+            probabilities, sigmas = self.predict_arrays(np.stack([p[3] for p in pending]), batch_size)
+            for (slot, path, face, _), row, sigma in zip(pending, probabilities, sigmas, strict=True):
+                results[slot] = self._prediction(path, row, sigma, face)
             pending.clear()
 
         for item in expand_inputs(Path(p) for p in inputs):
@@ -159,12 +201,13 @@ class Predictor:
             if item.suffix.lower() not in IMAGE_EXTENSIONS:
                 results.append(Prediction(str(item), None, error=f"not an image file extension ({item.suffix})"))
                 continue
-            array = try_load_image(item, self.card.image_size)
-            if isinstance(array, str):
-                results.append(Prediction(str(item), None, error=array))
+            crops = self._crops(item)
+            if isinstance(crops, str):
+                results.append(Prediction(str(item), None, error=crops))
                 continue
-            results.append(Prediction(str(item), None, error="pending"))
-            pending.append((len(results) - 1, item, array))
+            for face, array in crops:
+                results.append(Prediction(str(item), None, error="pending"))
+                pending.append((len(results) - 1, item, face, array))
             if len(pending) >= batch_size:
                 flush()
         flush()

@@ -21,6 +21,7 @@ import numpy as np
 
 from ferlab.audit import AuditResult
 from ferlab.evaluate import TopLoss
+from ferlab.predict import Prediction
 from ferlab.train import EpochRecord
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "plot_loss_curves",
     "plot_reliability",
     "plot_top_losses",
+    "write_annotated",
     "write_audit_gallery",
     "write_compare_report",
     "write_run_report",
@@ -427,3 +429,34 @@ def write_audit_gallery(result: AuditResult, images: Sequence[np.ndarray], path:
     page = _page("ferlab audit", body).replace("</style>", GALLERY_STYLE + "</style>", 1)
     path.write_text(page, encoding="utf-8")
     return path
+
+
+def write_annotated(predictions: Sequence[Prediction], out_dir: Path) -> list[Path]:
+    """A copy of each scored image with every face's box and label (and top score) drawn,
+    as OUT_DIR/<name>.png; a whole-image prediction gets its label in the corner."""
+    from PIL import Image, ImageDraw
+
+    from ferlab.data import read_rgb
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    by_path: dict[str, list[Prediction]] = {}
+    for p in predictions:
+        if p.error is None and p.label is not None:
+            by_path.setdefault(p.path, []).append(p)
+    written = []
+    for index, (source, faces) in enumerate(by_path.items()):
+        image = Image.fromarray(read_rgb(Path(source)))
+        draw = ImageDraw.Draw(image)
+        width = max(2, min(image.size) // 150)
+        for p in faces:
+            text = f"{p.label} {max(p.scores.values()):.2f}"
+            x, y, w, h = p.box or (0, 0, 0, 0)
+            if p.box:
+                draw.rectangle((x, y, x + w, y + h), outline=(255, 40, 40), width=width)
+            left, top, right, bottom = draw.textbbox((x, max(0, y - 12)), text)
+            draw.rectangle((left - 2, top - 2, right + 2, bottom + 2), fill=(255, 40, 40))
+            draw.text((x, max(0, y - 12)), text, fill=(255, 255, 255))
+        path = out_dir / f"{index:04d}-{Path(source).stem}.png"  # numbered: two photos may share a name
+        image.save(path)
+        written.append(path)
+    return written

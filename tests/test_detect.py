@@ -1,0 +1,123 @@
+"""Face detection on real faces (scikit-image's astronaut photo, and composites of it), face
+crops, and `ferlab predict --faces` / `--annotate` on photos with several faces."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ferlab.checkpoint import ModelCard, save_model
+from ferlab.cli import main
+from ferlab.detect import Face, HaarDetector, crop_face, make_detector
+from ferlab.models import build_model, get_architecture
+
+skimage_data = pytest.importorskip("skimage.data")
+
+ASTRONAUT_FACE = (177, 66, 95, 95)  # x, y, w, h: where the cascade finds it, checked by eye
+
+
+def _iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
+    ax, ay, aw, ah = a
+    bx, by, bw, bh = b
+    w = max(0, min(ax + aw, bx + bw) - max(ax, bx))
+    h = max(0, min(ay + ah, by + bh) - max(ay, by))
+    return w * h / (aw * ah + bw * bh - w * h)
+
+
+def _composite() -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
+    """The astronaut's head pasted three times, at 150, 240 and 360 px, on a 1400x900 canvas
+    of smooth noise; returns the photo and the expected face boxes, left to right."""
+    astronaut = skimage_data.astronaut()
+    x, y, w, h = ASTRONAUT_FACE
+    head = Image.fromarray(astronaut[y - 45 : y + h + 45, x - 45 : x + w + 45])  # face plus margin
+    rng = np.random.default_rng(0)
+    noise = rng.normal(128, 30, (90, 140, 3)).clip(0, 255).astype(np.uint8)
+    canvas = Image.fromarray(noise).resize((1400, 900), Image.Resampling.BILINEAR)
+    boxes = []
+    for left, top, side in ((60, 500, 150), (420, 120, 240), (900, 300, 360)):
+        canvas.paste(head.resize((side, side), Image.Resampling.BILINEAR), (left, top))
+        scale = side / head.width
+        boxes.append((left + round(45 * scale), top + round(45 * scale), round(w * scale), round(h * scale)))
+    return np.asarray(canvas), boxes
+
+
+def test_the_astronauts_face_is_found() -> None:
+    faces = HaarDetector().detect(skimage_data.astronaut())
+    assert len(faces) == 1
+    assert _iou(faces[0].box, ASTRONAUT_FACE) > 0.7 and faces[0].score > 0
+
+
+@pytest.mark.parametrize("quality", [None, 95, 60])
+def test_three_faces_of_different_sizes_are_found(quality: int | None) -> None:
+    photo, expected = _composite()
+    if quality is not None:  # JPEG artefacts in the background must not become faces
+        buffer = io.BytesIO()
+        Image.fromarray(photo).save(buffer, "JPEG", quality=quality)
+        photo = np.asarray(Image.open(buffer).convert("RGB"))
+    faces = HaarDetector().detect(photo)
+    assert len(faces) == 3
+    for face, box in zip(faces, expected, strict=True):  # both left to right
+        assert _iou(face.box, box) > 0.5, (face.box, box)
+
+
+def test_crop_face_adds_a_margin_and_pads_at_the_edges() -> None:
+    photo = np.zeros((100, 100, 3), dtype=np.uint8)
+    photo[40:60, 40:60] = 255  # a 20 px "face"
+    crop = crop_face(photo, Face((40, 40, 20, 20), 1.0), size=30, margin=0.25)
+    assert crop.shape == (30, 30, 3)
+    # 20 px grown by a quarter on each side: 30 px, the face's 20 in the middle.
+    assert crop[15, 15].tolist() == [255, 255, 255] and crop[1, 1].tolist() == [0, 0, 0]
+    corner = crop_face(photo, Face((0, 0, 20, 20), 1.0), size=30)  # leaves the photo: edge repeated
+    assert corner.shape == (30, 30, 3)
+    with pytest.raises(ValueError, match="haar"):
+        make_detector("retinaface")
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    arch = get_architecture("resnet18")
+    card = ModelCard(arch=arch.name, class_names=("happy", "sad"), image_size=32, mean=arch.mean, std=arch.std)
+    return save_model(build_model(arch.name, 2).eval(), card, tmp_path_factory.mktemp("model") / "model.safetensors")
+
+
+def test_predict_labels_each_face_of_a_photo(model_file: Path, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    photo, expected = _composite()
+    path = tmp_path / "three.jpg"
+    Image.fromarray(photo).save(path, quality=95)
+    small = tmp_path / "crop.png"
+    Image.fromarray(skimage_data.astronaut()[66:161, 177:272]).resize((48, 48)).save(small)
+    empty = tmp_path / "empty.png"
+    Image.fromarray(photo[:400, 1000:1400] * 0 + 90).save(empty)
+    annotated = tmp_path / "annotated"
+    args = ["predict", str(model_file), str(path), str(small), str(empty), "--format", "json",
+            "--engine", "torch", "--annotate", str(annotated)]
+    assert main(args) == 0
+    rows = json.loads(capsys.readouterr().out)
+    faces = [r for r in rows if r["path"] == str(path)]
+    assert [r["face"] for r in faces] == [0, 1, 2]
+    for row, box in zip(faces, expected, strict=True):
+        assert _iou(tuple(row["box"]), box) > 0.5 and row["label"] in ("happy", "sad")
+        assert sum(row["scores"].values()) == pytest.approx(1.0, abs=1e-5)
+    crop_row = next(r for r in rows if r["path"] == str(small))
+    assert "box" not in crop_row and crop_row["label"] in ("happy", "sad")  # a crop already: whole image
+    empty_row = next(r for r in rows if r["path"] == str(empty))
+    assert empty_row["label"] is None and "no face found" in empty_row["error"]
+    drawn = sorted(annotated.iterdir())
+    assert len(drawn) == 2 and drawn[0].suffix == ".png"
+    with Image.open(drawn[0]) as image:
+        assert image.size == (1400, 900)
+        pixels = np.asarray(image.convert("RGB"))
+    x, y, _, _ = faces[1]["box"]
+    assert pixels[y + 20, x].tolist() == [255, 40, 40]  # the box's left edge is drawn
+
+    assert main(["predict", str(model_file), str(path), "--faces", "none", "--format", "json", "--engine", "torch"]) == 0
+    whole = json.loads(capsys.readouterr().out)
+    assert len(whole) == 1 and "box" not in whole[0]
