@@ -121,3 +121,55 @@ def test_predict_labels_each_face_of_a_photo(model_file: Path, tmp_path: Path,
     assert main(["predict", str(model_file), str(path), "--faces", "none", "--format", "json", "--engine", "torch"]) == 0
     whole = json.loads(capsys.readouterr().out)
     assert len(whole) == 1 and "box" not in whole[0]
+
+
+def _write_clip(path: Path, frames: int = 40) -> None:
+    """Two astronaut heads crossing a 480x320 clip in opposite directions, 10 frames/s."""
+    import cv2
+
+    x, y, w, h = ASTRONAUT_FACE
+    head = np.asarray(Image.fromarray(skimage_data.astronaut()[y - 45 : y + h + 45, x - 45 : x + w + 45]).resize((110, 110)))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (480, 320))
+    for i in range(frames):
+        frame = np.full((320, 480, 3), 200, dtype=np.uint8)
+        frame[20:130, 10 + 8 * i : 120 + 8 * i] = head  # left to right, top
+        frame[190:300, 360 - 8 * i : 470 - 8 * i] = head  # right to left, bottom
+        writer.write(np.ascontiguousarray(frame[:, :, ::-1]))
+    writer.release()
+
+
+def test_video_faces_keep_their_ids(model_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import csv
+
+    import cv2
+
+    clip = tmp_path / "clip.mp4"
+    _write_clip(clip)
+    out = tmp_path / "out"
+    assert main(["predict", str(model_file), str(clip), "--every", "5", "--out", str(out), "--annotate",
+                 str(tmp_path / "unused"), "--engine", "torch"]) == 0
+    assert "8 of 40 frames labelled" in capsys.readouterr().out
+    rows = list(csv.DictReader((out / "clip" / "frames.csv").open()))
+    assert len(rows) == 16 and {r["frame"] for r in rows} == {str(f) for f in range(0, 40, 5)}
+    assert {r["face_id"] for r in rows} == {"0", "1"}
+    for face_id, moving_right in (("0", True), ("1", False)):
+        xs = [int(r["x"]) for r in rows if r["face_id"] == face_id]
+        assert len(xs) == 8 and xs == sorted(xs, reverse=not moving_right)  # one person, one id
+    assert float(rows[-1]["time"]) == pytest.approx(3.5)
+    assert all(abs(float(r["happy"]) + float(r["sad"]) - 1) < 1e-5 for r in rows)
+    assert (out / "clip" / "expression.png").is_file()
+    annotated = cv2.VideoCapture(str(out / "clip" / "annotated.mp4"))
+    assert int(annotated.get(cv2.CAP_PROP_FRAME_COUNT)) == 8
+    annotated.release()
+
+
+def test_tracker_gives_new_ids_and_ends_lost_tracks() -> None:
+    from ferlab.video import Tracker
+
+    tracker = Tracker(max_missed=1)
+    assert tracker.update([(0, 0, 10, 10), (50, 50, 10, 10)]) == [0, 1]
+    assert tracker.update([(52, 51, 10, 10), (1, 1, 10, 10)]) == [1, 0]  # matched by overlap, not order
+    assert tracker.update([]) == []
+    assert tracker.update([(2, 1, 10, 10)]) == [0]  # one missed frame: still track 0
+    assert tracker.update([]) == [] and tracker.update([]) == []
+    assert tracker.update([(2, 1, 10, 10)]) == [2]  # gone for longer: a new person

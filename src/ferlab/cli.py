@@ -133,7 +133,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     predict = commands.add_parser("predict", help="label face images with per-class probabilities")
     predict.add_argument("model", type=Path, help="run folder or model.safetensors")
-    predict.add_argument("inputs", type=Path, nargs="+", help="image files or folders")
+    predict.add_argument("inputs", type=Path, nargs="+", help="image files, folders, or videos (.mp4 .avi .mov ...)")
     predict.add_argument("--format", choices=("table", "json", "csv"), default="table")
     predict.add_argument("--device", default="auto")
     predict.add_argument("--batch-size", type=int, default=64)
@@ -142,6 +142,9 @@ def _build_parser() -> argparse.ArgumentParser:
                          "one face, as in training; haar: detect in every image")
     predict.add_argument("--annotate", type=Path, metavar="OUT_DIR",
                          help="write copies of the images with each face's box and label drawn")
+    predict.add_argument("--every", type=int, default=5, metavar="N", help="videos: label every N-th frame (default 5)")
+    predict.add_argument("--out", type=Path, help="videos: folder for frames.csv, expression.png and, with --annotate, "
+                         "annotated.mp4 (default runs/<timestamp>-video)")
     predict.add_argument("--min-confidence", type=float, default=0.0, metavar="P",
                          help="label 'uncertain' where the calibrated top score is below P (scores are still given)")
     _add_engine_option(predict)
@@ -315,7 +318,17 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     predictor = Predictor.load(
         args.model, args.device, args.engine, args.match_sharpness, args.tta, args.min_confidence, args.faces
     )
-    predictions = predictor.predict_files(args.inputs, args.batch_size)
+    from ferlab.video import VIDEO_EXTENSIONS
+
+    videos = [p for p in args.inputs if p.suffix.lower() in VIDEO_EXTENSIONS]
+    if videos:
+        from ferlab.video import label_videos
+
+        label_videos(predictor, videos, args.every, args.out or Path("runs") / f"{_timestamp()}-video",
+                     args.annotate is not None, _echo)
+        if len(videos) == len(args.inputs):
+            return 0
+    predictions = predictor.predict_files([p for p in args.inputs if p not in videos], args.batch_size)
     names = predictor.class_names
     detecting = args.faces != "none"
     if args.format == "json":

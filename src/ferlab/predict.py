@@ -156,12 +156,16 @@ class Predictor:
         self, path: Path, probabilities: np.ndarray, sigma: float, face: tuple[int, Face] | None
     ) -> Prediction:
         scores = {name: float(p) for name, p in zip(self.class_names, probabilities, strict=True)}
-        top = int(probabilities.argmax())
-        label = self.class_names[top] if probabilities[top] >= self.min_confidence else UNCERTAIN
+        label = self.label_for(probabilities)
         if face is None:
             return Prediction(str(path), label, scores, blur_sigma=float(sigma))
         return Prediction(str(path), label, scores, blur_sigma=float(sigma), face=face[0], box=face[1].box,
                           detector_score=face[1].score)
+
+    def label_for(self, probabilities: np.ndarray) -> str:
+        """The class with the top probability (C,), or UNCERTAIN below `min_confidence`."""
+        top = int(probabilities.argmax())
+        return self.class_names[top] if probabilities[top] >= self.min_confidence else UNCERTAIN
 
     def _crops(self, path: Path) -> list[tuple[tuple[int, Face] | None, np.ndarray]] | str:
         """The model-size crops to score for one file: the whole image, or one per face found;

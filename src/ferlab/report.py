@@ -30,6 +30,7 @@ __all__ = [
     "format_counts",
     "format_epoch_row",
     "plot_confusion",
+    "plot_expression_over_time",
     "plot_image_grid",
     "plot_loss_curves",
     "plot_reliability",
@@ -460,3 +461,29 @@ def write_annotated(predictions: Sequence[Prediction], out_dir: Path) -> list[Pa
         image.save(path)
         written.append(path)
     return written
+
+
+def plot_expression_over_time(
+    rows: Sequence[tuple[float, int, Mapping[str, float]]], class_names: Sequence[str], path: Path, most: int = 4
+) -> Path:
+    """Per person (face id), each class's probability against time (seconds): one panel per
+    id, the `most` ids seen in the most frames. `rows` are (time, face id, scores)."""
+    by_id: dict[int, list[tuple[float, Mapping[str, float]]]] = {}
+    for time, face_id, scores in rows:
+        by_id.setdefault(face_id, []).append((time, scores))
+    shown = sorted(by_id, key=lambda i: (-len(by_id[i]), i))[:most] or [0]
+    figure, axes = plt.subplots(len(shown), 1, figsize=(8, 2.2 * len(shown)), squeeze=False, sharex=True)
+    for axis, face_id in zip(axes[:, 0], shown, strict=True):
+        points = by_id.get(face_id, [])
+        for name in class_names:
+            axis.plot([t for t, _ in points], [s[name] for _, s in points], ".-", label=name)
+        axis.set_ylim(0, 1)
+        axis.set_ylabel("probability")
+        axis.set_title(f"face #{face_id} ({len(points)} frames)", fontsize=9)
+        axis.grid(alpha=0.3)
+    axes[0, 0].legend(loc="upper right", fontsize=7, ncol=len(class_names))
+    axes[-1, 0].set_xlabel("time (s)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
