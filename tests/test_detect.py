@@ -173,3 +173,40 @@ def test_tracker_gives_new_ids_and_ends_lost_tracks() -> None:
     assert tracker.update([(2, 1, 10, 10)]) == [0]  # one missed frame: still track 0
     assert tracker.update([]) == [] and tracker.update([]) == []
     assert tracker.update([(2, 1, 10, 10)]) == [2]  # gone for longer: a new person
+
+
+def test_training_on_photos_crops_their_faces(tmp_path: Path) -> None:
+    from ferlab.data import decode_images, discover, read_rgb
+    from ferlab.detect import face_crop_decoder
+
+    x, y, w, h = ASTRONAUT_FACE
+    head = Image.fromarray(skimage_data.astronaut()[y - 45 : y + h + 45, x - 45 : x + w + 45])
+    rng = np.random.default_rng(0)
+    root = tmp_path / "photos"
+    for name in ("happy", "sad"):
+        (root / name).mkdir(parents=True)
+        for i in range(5):
+            canvas = Image.new("RGB", (400, 300), (200, 200, 200))
+            side = int(rng.integers(130, 180))
+            canvas.paste(head.resize((side, side)), (int(rng.integers(0, 400 - side)), int(rng.integers(0, 300 - side))))
+            canvas.save(root / name / f"photo-{i}.jpg", quality=95)
+    Image.new("RGB", (400, 300), (90, 120, 90)).save(root / "sad" / "no-face.jpg")
+    head.resize((48, 48)).save(root / "happy" / "crop.png")  # a face crop already: kept whole
+
+    decoded = decode_images(discover(root), 32, decode=face_crop_decoder(HaarDetector()), variant="faces-haar")
+    assert {(s.path.name, s.reason) for s in decoded.skipped} == {("no-face.jpg", "no face found by the haar detector")}
+    photo = root / "happy" / "photo-0.jpg"
+    expected = crop_face(read_rgb(photo), HaarDetector().detect(read_rgb(photo))[0], 32)
+    assert np.array_equal(decoded.images[decoded.paths.index(photo)].permute(1, 2, 0).numpy(), expected)
+
+    run = tmp_path / "run"
+    assert main(["train", str(root), "--crop-faces", "--arch", "resnet18", "--pretrained", "none", "--image-size",
+                 "32", "--epochs", "1", "--freeze-epochs", "1", "--valid-fraction", "0.3", "--out", str(run),
+                 "--no-progress"]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert [(Path(s["path"]).name, s["reason"]) for s in metrics["skipped"]] == [
+        ("no-face.jpg", "no face found by the haar detector")
+    ]
+    assert "no-face.jpg" in (run / "report.html").read_text()
+    assert len((run / "split.csv").read_text().splitlines()) == 1 + 11
+    assert json.loads((run / "config.json").read_text())["data"]["crop_faces"] is True

@@ -38,6 +38,9 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
                        help="input size in pixels (fast recipe: the images' own size, 64-112 px on a CPU, 224 on a GPU; study: 224)")
     group.add_argument("--batch-size", type=int, help="default 64, the study's")
     group.add_argument("--workers", type=int, default=0, help="image decoding threads (0 = one per core)")
+    group.add_argument("--crop-faces", action="store_true",
+                       help="crop the largest face out of every photo larger than a face crop first (cached); "
+                       "photos with no face found are skipped and listed")
     group.add_argument("--exclude", type=Path, metavar="AUDIT_CSV",
                        help="leave out the files marked exclude=yes in an audit.csv (from `ferlab audit`), "
                        "or every file of a list with a 'path' column; they are listed in the report")
@@ -210,7 +213,7 @@ def _run_config(
         data=DataConfig(
             root=args.data, classes=_classes(args), valid_fraction=args.valid_fraction,
             valid_dir=args.valid, test_dir=args.test, split_file=args.split_file, workers=args.workers,
-            exclude_file=args.exclude,
+            exclude_file=args.exclude, crop_faces=args.crop_faces,
         ),
         out_dir=out_dir,
         model=ModelConfig(arch=arch, pretrained=args.pretrained),

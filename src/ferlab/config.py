@@ -56,6 +56,10 @@ class DataConfig:
     # An audit.csv (audit.py) whose rows marked exclude=yes are left out, or any CSV with a
     # 'path' column whose files all are; left-out files are reported, never silently dropped.
     exclude_file: Path | None = None
+    # Crop the largest face out of every photo larger than a face crop before training
+    # (detect.py), cached like any decoding; photos with no face found are skipped and listed.
+    crop_faces: bool = False
+    face_detector: str = "haar"
     image_size: int = 224  # the study's input size
     batch_size: int = 64  # the study's batch size; fits 2 cores and small GPUs alike
     workers: int = 0  # image decoding threads; 0 = one per CPU core

@@ -12,7 +12,7 @@ import csv
 import hashlib
 import io
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +26,10 @@ from ferlab.image_cache import ImageCache
 __all__ = [
     "IMAGE_EXTENSIONS",
     "DataError",
+    "Decoder",
     "ImageSet",
     "LabelledFiles",
+    "SkipImage",
     "SkippedFile",
     "batches",
     "decode_bytes",
@@ -38,6 +40,7 @@ __all__ = [
     "file_digests",
     "list_images",
     "load_image",
+    "open_rgb",
     "read_exclusions",
     "read_rgb",
     "read_split",
@@ -55,6 +58,13 @@ Image.MAX_IMAGE_PIXELS = 200_000_000
 
 class DataError(ValueError):
     """The data cannot be used as given; the message says how to fix it."""
+
+
+class SkipImage(ValueError):
+    """Raised by a decoder for a readable file it cannot use; the message is the reason."""
+
+
+Decoder = Callable[[bytes, int], np.ndarray]  # file bytes, size -> uint8 (S, S, 3)
 
 
 @dataclass(frozen=True)
@@ -241,11 +251,11 @@ def decode_bytes(data: bytes, image_size: int) -> np.ndarray:
 
     Raises OSError/ValueError (PIL's own) for unreadable or truncated files.
     """
-    square = ImageOps.fit(_open_rgb(data), (image_size, image_size), Image.Resampling.BILINEAR)
+    square = ImageOps.fit(open_rgb(data), (image_size, image_size), Image.Resampling.BILINEAR)
     return np.asarray(square, dtype=np.uint8)
 
 
-def _open_rgb(data: bytes) -> Image.Image:
+def open_rgb(data: bytes) -> Image.Image:
     with Image.open(io.BytesIO(data)) as opened:
         opened.load()  # forces a full decode, so truncated files fail here and not mid-epoch
         return _to_rgb(ImageOps.exif_transpose(opened) or opened)
@@ -254,7 +264,7 @@ def _open_rgb(data: bytes) -> Image.Image:
 def read_rgb(path: Path) -> np.ndarray:
     """The whole image at its own size as uint8 (H, W, 3), EXIF-rotated and RGB (for face
     detection); raises OSError/ValueError for unreadable files."""
-    return np.asarray(_open_rgb(Path(path).read_bytes()), dtype=np.uint8)
+    return np.asarray(open_rgb(Path(path).read_bytes()), dtype=np.uint8)
 
 
 def file_digests(paths: Sequence[Path], workers: int = 0) -> list[str]:
@@ -270,23 +280,28 @@ def file_digests(paths: Sequence[Path], workers: int = 0) -> list[str]:
         return list(pool.map(digest, paths))
 
 
-def load_image(path: Path, image_size: int, cache: ImageCache | None = None) -> np.ndarray:
-    """`decode_bytes` of the file at `path`, through `cache` when one is given."""
+def load_image(
+    path: Path, image_size: int, cache: ImageCache | None = None, decode: Decoder = decode_bytes, variant: str = ""
+) -> np.ndarray:
+    """`decode` (default `decode_bytes`) of the file at `path`, through `cache` when one is
+    given; `variant` names a decoder other than the default in the cache key."""
     data = Path(path).read_bytes()
     if cache is None:
-        return decode_bytes(data, image_size)
-    key = cache.key(data, image_size)
+        return decode(data, image_size)
+    key = cache.key(data, image_size, variant)
     array = cache.get(key, image_size)
     if array is None:
-        array = decode_bytes(data, image_size)
+        array = decode(data, image_size)
         cache.put(key, array)
     return array
 
 
-def try_load_image(path: Path, image_size: int, cache: ImageCache | None = None) -> np.ndarray | str:
+def try_load_image(
+    path: Path, image_size: int, cache: ImageCache | None = None, decode: Decoder = decode_bytes, variant: str = ""
+) -> np.ndarray | str:
     """`load_image`, or the reason the file cannot be read."""
     try:
-        return load_image(path, image_size, cache)
+        return load_image(path, image_size, cache, decode, variant)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         return _unreadable(error)
 
@@ -300,6 +315,8 @@ def try_read_rgb(path: Path) -> np.ndarray | str:
 
 
 def _unreadable(error: Exception) -> str:
+    if isinstance(error, SkipImage):
+        return str(error)
     if isinstance(error, UnidentifiedImageError):
         return "not a readable image (unknown format or not an image at all)"
     return f"unreadable image: {error}"
@@ -316,19 +333,21 @@ def decode_images(
     progress: bool = False,
     require_every_class: bool = True,
     cache: ImageCache | None = None,
+    decode: Decoder = decode_bytes,
+    variant: str = "",
 ) -> ImageSet:
     """Decode every file once; failures become `SkippedFile`s and the rest an `ImageSet`.
 
     With `require_every_class`, a class whose files were all unreadable is an error (training
     needs examples of every class); evaluation passes False. With `cache`, files decoded
-    before (same bytes, same size) are read back instead of decoded.
+    before (same bytes, same size, same `variant` of `decode`) are read back instead.
     """
     workers = workers or _default_workers()
     images = torch.empty((len(files.paths), 3, image_size, image_size), dtype=torch.uint8)
     keep: list[int] = []
     skipped = list(files.skipped)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = pool.map(lambda p: try_load_image(p, image_size, cache), files.paths)
+        results = pool.map(lambda p: try_load_image(p, image_size, cache, decode, variant), files.paths)
         if progress:
             from tqdm import tqdm
 

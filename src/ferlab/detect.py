@@ -12,15 +12,18 @@ installed package ships:
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 from PIL import Image
 
+from ferlab.data import Decoder, SkipImage, decode_bytes, open_rgb
+
 __all__ = [
-    "DETECTORS", "DetectorUnavailable", "Face", "FaceDetector", "HaarDetector", "crop_face", "is_face_crop",
-    "make_detector",
+    "DETECTORS", "DetectorUnavailable", "Face", "FaceDetector", "HaarDetector", "crop_face", "face_crop_decoder",
+    "is_face_crop", "make_detector",
 ]
 
 DETECTORS = ("haar",)
@@ -110,3 +113,22 @@ def crop_face(image: np.ndarray, face: Face, size: int, margin: float = 0.25) ->
     padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode="edge") if pad else image
     square = padded[top + pad : top + pad + side, left + pad : left + pad + side]
     return np.asarray(Image.fromarray(square).resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
+
+
+def face_crop_decoder(detector: FaceDetector) -> Decoder:
+    """A decoder for `decode_images` (training with --crop-faces): the largest face of each
+    photo, cropped as `crop_face` does; an image no larger than a face crop is decoded as it
+    is, and one with no face found is skipped with that reason."""
+    lock = threading.Lock()  # decoding runs in a thread pool; OpenCV's cascade is not shared safely
+
+    def decode(data: bytes, size: int) -> np.ndarray:
+        photo = np.asarray(open_rgb(data), dtype=np.uint8)
+        if is_face_crop(photo):
+            return decode_bytes(data, size)
+        with lock:
+            faces = detector.detect(photo)
+        if not faces:
+            raise SkipImage(f"no face found by the {detector.name} detector")
+        return crop_face(photo, max(faces, key=lambda f: f.box[2] * f.box[3]), size)
+
+    return decode

@@ -28,8 +28,10 @@ from ferlab.checkpoint import ModelCard, save_model
 from ferlab.config import RunConfig, config_to_dict
 from ferlab.data import (
     DataError,
+    Decoder,
     ImageSet,
     LabelledFiles,
+    decode_bytes,
     decode_images,
     discover,
     exclude_files,
@@ -39,6 +41,7 @@ from ferlab.data import (
     stratified_split,
     write_split,
 )
+from ferlab.detect import face_crop_decoder, make_detector
 from ferlab.engine import select_engine
 from ferlab.evaluate import (
     Evaluation,
@@ -117,9 +120,13 @@ def prepare_data(config: RunConfig, echo: Echo, progress: bool = False) -> Prepa
     echo(f"found {len(files.paths)} image files in {len(files.class_names)} classes under {data.root}")
     cache = ImageCache(data.cache_dir) if data.decode_cache else None
     started = time.perf_counter()
+    decoder: Decoder = decode_bytes
+    variant = ""
+    if data.crop_faces:
+        decoder, variant = face_crop_decoder(make_detector(data.face_detector)), f"faces-{data.face_detector}"
 
     def decode(found: LabelledFiles) -> ImageSet:
-        return decode_images(found, data.image_size, data.workers, progress, cache=cache)
+        return decode_images(found, data.image_size, data.workers, progress, cache=cache, decode=decoder, variant=variant)
 
     images = decode(files)
     if data.valid_dir is not None:

@@ -41,8 +41,9 @@ class ImageCache:
         self.misses = 0
 
     @staticmethod
-    def key(data: bytes, image_size: int) -> str:
-        return f"{hashlib.sha256(data).hexdigest()}-{image_size}"
+    def key(data: bytes, image_size: int, variant: str = "") -> str:
+        """By content, size and decoding variant (e.g. "faces-haar": the face cropped out)."""
+        return f"{hashlib.sha256(data).hexdigest()}-{image_size}" + (f"-{variant}" if variant else "")
 
     def _path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.npy"
