@@ -454,6 +454,7 @@ def audit_data(
     def load_imagenet(a: Any, network: torch.nn.Module) -> None:
         holder["source"] = resolve_and_load(a, network, pretrained)
 
+    torch.manual_seed(config.seed)  # random weights (--pretrained none) and the head: reproducible
     model = build_model(arch.name, len(images.class_names), load_imagenet=load_imagenet)
     echo(f"features: {arch.name} body, weights: {holder['source'].describe()}")
     device = pick_device("auto")
