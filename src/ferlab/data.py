@@ -44,6 +44,7 @@ __all__ = [
     "read_exclusions",
     "read_rgb",
     "read_split",
+    "square_array",
     "stratified_split",
     "try_load_image",
     "try_read_rgb",
@@ -251,8 +252,12 @@ def decode_bytes(data: bytes, image_size: int) -> np.ndarray:
 
     Raises OSError/ValueError (PIL's own) for unreadable or truncated files.
     """
-    square = ImageOps.fit(open_rgb(data), (image_size, image_size), Image.Resampling.BILINEAR)
-    return np.asarray(square, dtype=np.uint8)
+    return square_array(open_rgb(data), image_size)
+
+
+def square_array(image: Image.Image, image_size: int) -> np.ndarray:
+    """The centre square of `image`, resized: uint8 (S, S, 3), as training decodes every file."""
+    return np.asarray(ImageOps.fit(image, (image_size, image_size), Image.Resampling.BILINEAR), dtype=np.uint8)
 
 
 def open_rgb(data: bytes) -> Image.Image:

@@ -19,7 +19,7 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
-from ferlab.data import Decoder, SkipImage, decode_bytes, open_rgb
+from ferlab.data import Decoder, SkipImage, open_rgb, square_array
 
 __all__ = [
     "DETECTORS", "DetectorUnavailable", "Face", "FaceDetector", "HaarDetector", "crop_face", "face_crop_decoder",
@@ -122,9 +122,10 @@ def face_crop_decoder(detector: FaceDetector) -> Decoder:
     lock = threading.Lock()  # decoding runs in a thread pool; OpenCV's cascade is not shared safely
 
     def decode(data: bytes, size: int) -> np.ndarray:
-        photo = np.asarray(open_rgb(data), dtype=np.uint8)
+        image = open_rgb(data)
+        photo = np.asarray(image, dtype=np.uint8)
         if is_face_crop(photo):
-            return decode_bytes(data, size)
+            return square_array(image, size)  # decoded once: the same square as decode_bytes
         with lock:
             faces = detector.detect(photo)
         if not faces:

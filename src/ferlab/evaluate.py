@@ -68,6 +68,10 @@ class Evaluation:
         return self.probabilities.argmax(axis=1)
 
     @property
+    def accuracy(self) -> float:
+        return float((self.predictions == self.labels).mean()) if len(self.labels) else 0.0
+
+    @property
     def losses(self) -> np.ndarray:
         """Per-image cross-entropy."""
         picked = self.probabilities[np.arange(len(self.labels)), self.labels]
@@ -179,7 +183,7 @@ def summarize(evaluation: Evaluation) -> dict[str, Any]:
     matrix = confusion_matrix(labels, predictions, labels=classes)
     return {
         "images": len(labels),
-        "accuracy": float((labels == predictions).mean()) if len(labels) else 0.0,
+        "accuracy": evaluation.accuracy,
         "loss": float(evaluation.losses.mean()) if len(labels) else 0.0,
         "macro_f1": float(np.mean(f1)),
         "per_class": {
@@ -271,9 +275,7 @@ class Scores:
 
 
 def _tta_gain(plain: Evaluation, augmented: Evaluation) -> dict[str, float]:
-    before = float((plain.predictions == plain.labels).mean()) if len(plain.labels) else 0.0
-    after = float((augmented.predictions == augmented.labels).mean()) if len(augmented.labels) else 0.0
-    return {"accuracy": before, "accuracy_tta": after, "gain": after - before}
+    return {"accuracy": plain.accuracy, "accuracy_tta": augmented.accuracy, "gain": augmented.accuracy - plain.accuracy}
 
 
 def score_model(

@@ -114,9 +114,9 @@ def prepare_data(config: RunConfig, echo: Echo, progress: bool = False) -> Prepa
     data = config.data
     files = discover(data.root, data.classes)
     if data.exclude_file is not None:
+        listed = len(files.paths)
         files = exclude_files(files, read_exclusions(data.exclude_file), data.exclude_file)
-        excluded = sum(1 for s in files.skipped if s.reason.startswith("excluded by"))
-        echo(f"left out {excluded} file(s) marked in {data.exclude_file}")
+        echo(f"left out {listed - len(files.paths)} file(s) marked in {data.exclude_file}")
     echo(f"found {len(files.paths)} image files in {len(files.class_names)} classes under {data.root}")
     cache = ImageCache(data.cache_dir) if data.decode_cache else None
     started = time.perf_counter()
@@ -209,9 +209,10 @@ def write_json(path: Path, value: Any) -> None:
     path.write_text(json.dumps(value, indent=2) + "\n")
 
 
-def _trust_notes(scores: Scores, data: PreparedData, run_dir: Path) -> list[str]:
-    """The report's notes on calibration, test-time augmentation and train/test overlap;
-    writes the training files' digests beside the model for later `ferlab evaluate` runs."""
+def _trust_notes(scores: Scores, data: PreparedData, run_dir: Path) -> tuple[list[str], list[str]]:
+    """The report's notes on calibration, the sharpness matching and train/test overlap, and
+    the overlap warnings among them; writes the training files' digests beside the model for
+    later `ferlab evaluate` runs."""
     notes = []
     for split, summary in scores.calibration.items():
         notes.append(
@@ -224,16 +225,13 @@ def _trust_notes(scores: Scores, data: PreparedData, run_dir: Path) -> list[str]
         notes.append(
             f"{test.sharpness_matched} of {len(test.labels)} test images are much sharper than the training "
             "images and were blurred to their sharpness before scoring, as `ferlab predict` does: accuracy "
-            f"{float((test.predictions == test.labels).mean()):.4f}; scored as given "
-            f"{float((given.predictions == given.labels).mean()):.4f}."
+            f"{test.accuracy:.4f}; scored as given {given.accuracy:.4f}."
         )
     digests = set(file_digests(data.train.paths + data.valid.paths)) - {""}
     (run_dir / TRAINING_HASHES).write_text("".join(f"{d}\n" for d in sorted(digests)))
-    if data.test is not None:
-        warning = overlap_warning(digests, file_digests(data.test.paths), "test")
-        if warning:
-            notes.insert(0, warning)
-    return notes
+    overlap = overlap_warning(digests, file_digests(data.test.paths), "test") if data.test is not None else None
+    warnings = [overlap] if overlap else []
+    return warnings + notes, warnings
 
 
 def _card(
@@ -353,7 +351,7 @@ def train_run(
     scores = score_model(choice.engine, data.valid, data.test, arch.mean, arch.std, train_sharpness)
     evaluations = scores.evaluations
     metrics = {split: summarize(e) for split, e in evaluations.items()}
-    trust_notes = _trust_notes(scores, data, run_dir)
+    trust_notes, overlap_warnings = _trust_notes(scores, data, run_dir)
     for note in trust_notes:
         echo(note)
     notes += trust_notes
@@ -385,7 +383,7 @@ def train_run(
         "tta": scores.tta,
         "image_statistics": statistics,
         "data_shift_warnings": shift_notes,
-        "overlap_warnings": [n for n in notes if "byte-identical" in n],
+        "overlap_warnings": overlap_warnings,
         "skipped": list(data.skipped),
     }
     write_json(run_dir / "metrics.json", all_metrics)

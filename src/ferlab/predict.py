@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
 from ferlab.calibrate import expected_calibration_error
 from ferlab.checkpoint import ModelCard, load_model, resolve_model_path
@@ -28,6 +28,7 @@ from ferlab.data import (
     discover_for_model,
     file_digests,
     list_images,
+    square_array,
     try_load_image,
     try_read_rgb,
 )
@@ -178,8 +179,7 @@ class Predictor:
         if isinstance(photo, str):
             return photo
         if self.faces == "auto" and is_face_crop(photo):
-            fitted = ImageOps.fit(Image.fromarray(photo), (size, size), Image.Resampling.BILINEAR)
-            return [(None, np.asarray(fitted, dtype=np.uint8))]
+            return [(None, square_array(Image.fromarray(photo), size))]
         found = self.detector.detect(photo)
         if not found:
             return f"no face found by the {self.detector.name} detector (--faces none scores the whole image)"
@@ -239,8 +239,7 @@ def evaluate_folder(predictor: Predictor, folder: Path, model_path: Path, batch_
     if plain.logits is not None and len(plain.labels):
         metrics["ece"] = expected_calibration_error(plain.probabilities, plain.labels)
     if predictor.tta:
-        accuracy = float((plain.predictions == plain.labels).mean()) if len(plain.labels) else 0.0
-        metrics["tta_gain"] = {"accuracy_without": accuracy, "gain": metrics["accuracy"] - accuracy}
+        metrics["tta_gain"] = {"accuracy_without": plain.accuracy, "gain": chosen.accuracy - plain.accuracy}
     if plain.sharpness_matched:
         as_given = summarize(score(None, card.temperature))
         metrics["as_given"] = {k: as_given[k] for k in ("accuracy", "macro_f1", "loss")}

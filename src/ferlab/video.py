@@ -11,6 +11,7 @@ the per-frame CSV, and report.plot_expression_over_time and `write_annotated_vid
 from __future__ import annotations
 
 import csv
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,13 +122,11 @@ def _frames(path: Path) -> tuple[Iterator[np.ndarray], float]:
 
 def label_video(predictor: Predictor, path: Path, every: int = 5) -> VideoResult:
     """Faces and labels in frames 0, every, 2*every, ... of the clip at `path`."""
-    import time as clock
-
     if every < 1:
         raise ValueError(f"--every must be 1 or more, not {every}")
     if predictor.detector is None:
         raise ValueError("labelling a video needs a face detector: use --faces auto or a detector's name")
-    started = clock.perf_counter()
+    started = time.perf_counter()
     frames, fps = _frames(path)
     tracker = Tracker()
     rows: list[FaceRow] = []
@@ -146,7 +145,7 @@ def label_video(predictor: Predictor, path: Path, every: int = 5) -> VideoResult
         for face, face_id, row in zip(faces, ids, probabilities, strict=True):
             scores = {n: float(p) for n, p in zip(predictor.class_names, row, strict=True)}
             rows.append(FaceRow(index, index / fps, face_id, face.box, predictor.label_for(row), scores))
-    return VideoResult(path, fps, count, processed, tuple(rows), clock.perf_counter() - started)
+    return VideoResult(path, fps, count, processed, tuple(rows), time.perf_counter() - started)
 
 
 def write_rows(result: VideoResult, class_names: Sequence[str], path: Path) -> Path:
