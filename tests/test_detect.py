@@ -9,53 +9,25 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from ferlab.checkpoint import ModelCard, save_model
 from ferlab.cli import main
 from ferlab.detect import Face, HaarDetector, crop_face, make_detector
-from ferlab.models import build_model, get_architecture
 
 skimage_data = pytest.importorskip("skimage.data")
 
-ASTRONAUT_FACE = (177, 66, 95, 95)  # x, y, w, h: where the cascade finds it, checked by eye
-
-
-def _iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
-    ax, ay, aw, ah = a
-    bx, by, bw, bh = b
-    w = max(0, min(ax + aw, bx + bw) - max(ax, bx))
-    h = max(0, min(ay + ah, by + bh) - max(ay, by))
-    return w * h / (aw * ah + bw * bh - w * h)
-
-
-def _composite() -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
-    """The astronaut's head pasted three times, at 150, 240 and 360 px, on a 1400x900 canvas
-    of smooth noise; returns the photo and the expected face boxes, left to right."""
-    astronaut = skimage_data.astronaut()
-    x, y, w, h = ASTRONAUT_FACE
-    head = Image.fromarray(astronaut[y - 45 : y + h + 45, x - 45 : x + w + 45])  # face plus margin
-    rng = np.random.default_rng(0)
-    noise = rng.normal(128, 30, (90, 140, 3)).clip(0, 255).astype(np.uint8)
-    canvas = Image.fromarray(noise).resize((1400, 900), Image.Resampling.BILINEAR)
-    boxes = []
-    for left, top, side in ((60, 500, 150), (420, 120, 240), (900, 300, 360)):
-        canvas.paste(head.resize((side, side), Image.Resampling.BILINEAR), (left, top))
-        scale = side / head.width
-        boxes.append((left + round(45 * scale), top + round(45 * scale), round(w * scale), round(h * scale)))
-    return np.asarray(canvas), boxes
+from photos import ASTRONAUT_FACE, composite, iou, tiny_model  # noqa: E402
 
 
 def test_the_astronauts_face_is_found() -> None:
     faces = HaarDetector().detect(skimage_data.astronaut())
     assert len(faces) == 1
-    assert _iou(faces[0].box, ASTRONAUT_FACE) > 0.7 and faces[0].score > 0
+    assert iou(faces[0].box, ASTRONAUT_FACE) > 0.7 and faces[0].score > 0
 
 
 @pytest.mark.parametrize("quality", [None, 95, 60])
 def test_three_faces_of_different_sizes_are_found(quality: int | None) -> None:
-    photo, expected = _composite()
+    photo, expected = composite()
     if quality is not None:  # JPEG artefacts in the background must not become faces
         buffer = io.BytesIO()
         Image.fromarray(photo).save(buffer, "JPEG", quality=quality)
@@ -63,7 +35,7 @@ def test_three_faces_of_different_sizes_are_found(quality: int | None) -> None:
     faces = HaarDetector().detect(photo)
     assert len(faces) == 3
     for face, box in zip(faces, expected, strict=True):  # both left to right
-        assert _iou(face.box, box) > 0.5, (face.box, box)
+        assert iou(face.box, box) > 0.5, (face.box, box)
 
 
 def test_crop_face_adds_a_margin_and_pads_at_the_edges() -> None:
@@ -81,15 +53,12 @@ def test_crop_face_adds_a_margin_and_pads_at_the_edges() -> None:
 
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    arch = get_architecture("resnet18")
-    card = ModelCard(arch=arch.name, class_names=("happy", "sad"), image_size=32, mean=arch.mean, std=arch.std)
-    return save_model(build_model(arch.name, 2).eval(), card, tmp_path_factory.mktemp("model") / "model.safetensors")
+    return tiny_model(tmp_path_factory.mktemp("model"))
 
 
 def test_predict_labels_each_face_of_a_photo(model_file: Path, tmp_path: Path,
                                              capsys: pytest.CaptureFixture[str]) -> None:
-    photo, expected = _composite()
+    photo, expected = composite()
     path = tmp_path / "three.jpg"
     Image.fromarray(photo).save(path, quality=95)
     small = tmp_path / "crop.png"
@@ -104,7 +73,7 @@ def test_predict_labels_each_face_of_a_photo(model_file: Path, tmp_path: Path,
     faces = [r for r in rows if r["path"] == str(path)]
     assert [r["face"] for r in faces] == [0, 1, 2]
     for row, box in zip(faces, expected, strict=True):
-        assert _iou(tuple(row["box"]), box) > 0.5 and row["label"] in ("happy", "sad")
+        assert iou(tuple(row["box"]), box) > 0.5 and row["label"] in ("happy", "sad")
         assert sum(row["scores"].values()) == pytest.approx(1.0, abs=1e-5)
     crop_row = next(r for r in rows if r["path"] == str(small))
     assert "box" not in crop_row and crop_row["label"] in ("happy", "sad")  # a crop already: whole image

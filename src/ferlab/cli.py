@@ -152,6 +152,20 @@ def _build_parser() -> argparse.ArgumentParser:
                          help="label 'uncertain' where the calibrated top score is below P (scores are still given)")
     _add_engine_option(predict)
 
+    serve = commands.add_parser("serve", help="web page and JSON API that label the faces of uploaded photos")
+    serve.add_argument("model", type=Path, help="run folder or model.safetensors")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=8000, help="default 8000")
+    serve.add_argument("--device", default="auto")
+    serve.add_argument("--faces", default="auto", metavar="auto|none|DETECTOR",
+                       help="as for predict (default auto: find the faces in images larger than a face crop)")
+    serve.add_argument("--min-confidence", type=float, default=0.0, metavar="P",
+                       help="label 'uncertain' where the calibrated top score is below P")
+    serve.add_argument("--max-upload-mb", type=float, default=20.0, help="largest upload accepted (default 20 MB)")
+    serve.add_argument("--max-megapixels", type=float, default=50.0,
+                       help="largest image accepted, read from its header before decoding (default 50)")
+    _add_engine_option(serve)
+
     audit = commands.add_parser("audit", help="find likely label errors, duplicates and near-blank images")
     audit.add_argument("data", type=Path, help="folder with one sub-folder per class")
     audit.add_argument("--classes", help="comma-separated class folders to audit (default: all)")
@@ -443,6 +457,23 @@ def _cmd_archs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from ferlab.predict import Predictor
+    from ferlab.serve import ServeConfig, serve
+
+    if args.max_upload_mb <= 0 or args.max_megapixels <= 0:
+        raise ValueError("--max-upload-mb and --max-megapixels must be positive")
+    config = ServeConfig(host=args.host, port=args.port, max_upload_bytes=int(args.max_upload_mb * 2**20),
+                         max_pixels=int(args.max_megapixels * 1e6))
+    predictor = Predictor.load(
+        args.model, args.device, args.engine, args.match_sharpness, args.tta, args.min_confidence, args.faces
+    )
+    _echo(f"serving {args.model} ({predictor.card.arch}, engine {predictor.engine_reason}) on "
+          f"http://{args.host}:{args.port}/ (API docs at /docs); Ctrl-C stops")
+    serve(predictor, args.model, config)
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from ferlab.demo import run_demo
 
@@ -460,6 +491,7 @@ COMMANDS = {
     "export": _cmd_export,
     "archs": _cmd_archs,
     "demo": _cmd_demo,
+    "serve": _cmd_serve,
 }
 
 
@@ -479,6 +511,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ferlab.engine import EngineUnavailable
     from ferlab.experiment import TrainingInterrupted
     from ferlab.models import UnknownArchitecture
+    from ferlab.serve import WebUnavailable
     from ferlab.weights import WeightsError, WeightsUnavailable
 
     try:
@@ -490,7 +523,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except (DataError, UnknownArchitecture, WeightsError, WeightsUnavailable, EngineUnavailable,
-            DetectorUnavailable, FileNotFoundError, ValueError) as error:
+            DetectorUnavailable, WebUnavailable, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
 

@@ -154,7 +154,7 @@ class Predictor:
         return probabilities, sigmas.numpy()
 
     def _prediction(
-        self, path: Path, probabilities: np.ndarray, sigma: float, face: tuple[int, Face] | None
+        self, path: str | Path, probabilities: np.ndarray, sigma: float, face: tuple[int, Face] | None
     ) -> Prediction:
         scores = {name: float(p) for name, p in zip(self.class_names, probabilities, strict=True)}
         label = self.label_for(probabilities)
@@ -171,19 +171,35 @@ class Predictor:
     def _crops(self, path: Path) -> list[tuple[tuple[int, Face] | None, np.ndarray]] | str:
         """The model-size crops to score for one file: the whole image, or one per face found;
         or the reason there are none."""
-        size = self.card.image_size
         if self.detector is None:
-            array = try_load_image(path, size)
+            array = try_load_image(path, self.card.image_size)
             return array if isinstance(array, str) else [(None, array)]
         photo = try_read_rgb(path)
-        if isinstance(photo, str):
-            return photo
-        if self.faces == "auto" and is_face_crop(photo):
+        return photo if isinstance(photo, str) else self.photo_crops(photo)
+
+    def photo_crops(self, photo: np.ndarray) -> list[tuple[tuple[int, Face] | None, np.ndarray]] | str:
+        """The crops to score in uint8 (H, W, 3) RGB `photo`: (face index and face, crop) per
+        face found, left to right; one (None, whole image) without detection or, under
+        --faces auto, for an image no larger than a face crop; or why there are none."""
+        size = self.card.image_size
+        if self.detector is None or (self.faces == "auto" and is_face_crop(photo)):
             return [(None, square_array(Image.fromarray(photo), size))]
         found = self.detector.detect(photo)
         if not found:
             return f"no face found by the {self.detector.name} detector (--faces none scores the whole image)"
         return [((i, face), crop_face(photo, face, size)) for i, face in enumerate(found)]
+
+    def predict_photo(self, photo: np.ndarray, name: str = "") -> list[Prediction]:
+        """One `Prediction` per face of uint8 (H, W, 3) RGB `photo` (see `photo_crops`); a
+        single one with an `error` when no face is found."""
+        crops = self.photo_crops(photo)
+        if isinstance(crops, str):
+            return [Prediction(name, None, error=crops)]
+        probabilities, sigmas = self.predict_arrays(np.stack([crop for _, crop in crops]))
+        return [
+            self._prediction(name, row, sigma, face)
+            for (face, _), row, sigma in zip(crops, probabilities, sigmas, strict=True)
+        ]
 
     def predict_files(self, inputs: Sequence[str | Path], batch_size: int = 64) -> list[Prediction]:
         """One `Prediction` per image found in `inputs` (files or folders), in order."""
