@@ -41,6 +41,10 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--crop-faces", action="store_true",
                        help="crop the largest face out of every photo larger than a face crop first (cached); "
                        "photos with no face found are skipped and listed")
+    group.add_argument("--face-detector", default="auto", metavar="auto|haar|mtcnn",
+                       help="for --crop-faces: auto (default) = mtcnn where its weights are installed, else haar")
+    group.add_argument("--align-faces", action="store_true",
+                       help="for --crop-faces: turn each face so its eyes are level (mtcnn gives eye positions)")
     group.add_argument("--exclude", type=Path, metavar="AUDIT_CSV",
                        help="leave out the files marked exclude=yes in an audit.csv (from `ferlab audit`), "
                        "or every file of a list with a 'path' column; they are listed in the report")
@@ -141,8 +145,11 @@ def _build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--device", default="auto")
     predict.add_argument("--batch-size", type=int, default=64)
     predict.add_argument("--faces", default="auto", metavar="auto|none|DETECTOR",
-                         help="auto (default): find the faces in images larger than a face crop; none: each image is "
-                         "one face, as in training; haar: detect in every image")
+                         help="auto (default): find the faces in images larger than a face crop, with mtcnn where its "
+                         "weights are installed, else haar; none: each image is one face, as in training; haar or "
+                         "mtcnn: detect in every image with that detector")
+    predict.add_argument("--align-faces", action="store_true",
+                         help="turn each face so its eyes are level before scoring (mtcnn gives eye positions)")
     predict.add_argument("--annotate", type=Path, metavar="OUT_DIR",
                          help="write copies of the images with each face's box and label drawn")
     predict.add_argument("--every", type=int, default=5, metavar="N", help="videos: label every N-th frame (default 5)")
@@ -159,6 +166,8 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--device", default="auto")
     serve.add_argument("--faces", default="auto", metavar="auto|none|DETECTOR",
                        help="as for predict (default auto: find the faces in images larger than a face crop)")
+    serve.add_argument("--align-faces", action="store_true",
+                       help="turn each face so its eyes are level before scoring (mtcnn gives eye positions)")
     serve.add_argument("--min-confidence", type=float, default=0.0, metavar="P",
                        help="label 'uncertain' where the calibrated top score is below P")
     serve.add_argument("--max-upload-mb", type=float, default=20.0, help="largest upload accepted (default 20 MB)")
@@ -227,7 +236,8 @@ def _run_config(
         data=DataConfig(
             root=args.data, classes=_classes(args), valid_fraction=args.valid_fraction,
             valid_dir=args.valid, test_dir=args.test, split_file=args.split_file, workers=args.workers,
-            exclude_file=args.exclude, crop_faces=args.crop_faces,
+            exclude_file=args.exclude, crop_faces=args.crop_faces, face_detector=args.face_detector,
+            align_faces=args.align_faces,
         ),
         out_dir=out_dir,
         model=ModelConfig(arch=arch, pretrained=args.pretrained),
@@ -333,7 +343,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from ferlab.predict import Predictor
 
     predictor = Predictor.load(
-        args.model, args.device, args.engine, args.match_sharpness, args.tta, args.min_confidence, args.faces
+        args.model, args.device, args.engine, args.match_sharpness, args.tta, args.min_confidence, args.faces,
+        args.align_faces,
     )
     from ferlab.video import VIDEO_EXTENSIONS
 
@@ -466,7 +477,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     config = ServeConfig(host=args.host, port=args.port, max_upload_bytes=int(args.max_upload_mb * 2**20),
                          max_pixels=int(args.max_megapixels * 1e6))
     predictor = Predictor.load(
-        args.model, args.device, args.engine, args.match_sharpness, args.tta, args.min_confidence, args.faces
+        args.model, args.device, args.engine, args.match_sharpness, args.tta, args.min_confidence, args.faces,
+        args.align_faces,
     )
     _echo(f"serving {args.model} ({predictor.card.arch}, engine {predictor.engine_reason}) on "
           f"http://{args.host}:{args.port}/ (API docs at /docs); Ctrl-C stops")

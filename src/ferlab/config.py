@@ -59,7 +59,10 @@ class DataConfig:
     # Crop the largest face out of every photo larger than a face crop before training
     # (detect.py), cached like any decoding; photos with no face found are skipped and listed.
     crop_faces: bool = False
-    face_detector: str = "haar"
+    # "auto": mtcnn where its weights are installed, else haar (detect.best_detector).
+    face_detector: str = "auto"
+    # Turn each cropped face so that its eyes are level (detectors that give eye positions).
+    align_faces: bool = False
     image_size: int = 224  # the study's input size
     batch_size: int = 64  # the study's batch size; fits 2 cores and small GPUs alike
     workers: int = 0  # image decoding threads; 0 = one per CPU core

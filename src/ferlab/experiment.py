@@ -41,7 +41,7 @@ from ferlab.data import (
     stratified_split,
     write_split,
 )
-from ferlab.detect import face_crop_decoder, make_detector
+from ferlab.detect import best_detector, face_crop_decoder, make_detector
 from ferlab.engine import select_engine
 from ferlab.evaluate import (
     Evaluation,
@@ -123,7 +123,10 @@ def prepare_data(config: RunConfig, echo: Echo, progress: bool = False) -> Prepa
     decoder: Decoder = decode_bytes
     variant = ""
     if data.crop_faces:
-        decoder, variant = face_crop_decoder(make_detector(data.face_detector)), f"faces-{data.face_detector}"
+        detector = best_detector() if data.face_detector == "auto" else data.face_detector
+        decoder = face_crop_decoder(make_detector(detector), data.align_faces)
+        variant = f"faces-{detector}" + ("-aligned" if data.align_faces else "")
+        echo(f"cropping faces with the {detector} detector" + (", eyes levelled" if data.align_faces else ""))
 
     def decode(found: LabelledFiles) -> ImageSet:
         return decode_images(found, data.image_size, data.workers, progress, cache=cache, decode=decoder, variant=variant)

@@ -32,7 +32,15 @@ from ferlab.data import (
     try_load_image,
     try_read_rgb,
 )
-from ferlab.detect import DETECTORS, Face, FaceDetector, crop_face, is_face_crop, make_detector
+from ferlab.detect import (
+    DETECTORS,
+    Face,
+    FaceDetector,
+    best_detector,
+    crop_face,
+    is_face_crop,
+    make_detector,
+)
 from ferlab.engine import Engine, EngineChoice, TorchEngine, select_engine
 from ferlab.evaluate import evaluate, overlap_warning, predict_probabilities, summarize
 from ferlab.shift import describe_shift, image_statistics, match_sharpness
@@ -90,7 +98,7 @@ class Predictor:
 
     def __init__(
         self, engine: Engine, card: ModelCard, engine_reason: str = "", match_sharpness: bool = True,
-        tta: bool = False, min_confidence: float = 0.0, faces: str = "none",
+        tta: bool = False, min_confidence: float = 0.0, faces: str = "none", align_faces: bool = False,
     ) -> None:
         if not 0.0 <= min_confidence <= 1.0:
             raise ValueError(f"--min-confidence must be a probability between 0 and 1, not {min_confidence}")
@@ -108,8 +116,9 @@ class Predictor:
             raise ValueError(f"--faces takes none, auto or a detector ({', '.join(DETECTORS)}), not {faces!r}")
         self.faces = faces
         self.detector: FaceDetector | None = None if faces == "none" else make_detector(
-            DETECTORS[0] if faces == "auto" else faces
+            best_detector() if faces == "auto" else faces
         )
+        self.align_faces = align_faces  # level the eyes of each face crop (detect.crop_face)
 
     @classmethod
     def from_model(cls, model: torch.nn.Module, card: ModelCard, device: str = "cpu") -> Predictor:
@@ -119,7 +128,7 @@ class Predictor:
     @classmethod
     def load(
         cls, path: str | Path, device: str = "auto", engine: str = "auto", match_sharpness: bool = True,
-        tta: bool = False, min_confidence: float = 0.0, faces: str = "none",
+        tta: bool = False, min_confidence: float = 0.0, faces: str = "none", align_faces: bool = False,
     ) -> Predictor:
         """From a run folder or a model.safetensors with its model.json beside it.
 
@@ -128,14 +137,14 @@ class Predictor:
         sharpness first (see shift.py); a model trained on sharp images never blurs.
         `tta`: average the scores of test-time views; `min_confidence`: label images whose
         calibrated top score is below it UNCERTAIN; `faces`: "none", "auto" or a detector's
-        name (see `Predictor.__init__`).
+        name (see `Predictor.__init__`); `align_faces`: level the eyes of each face found.
         """
         resolved = pick_device(device)
         model, card = load_model(Path(path), resolved)
         choice: EngineChoice = select_engine(
             model, card.image_size, resolve_model_path(Path(path)), resolved, engine
         )
-        return cls(choice.engine, card, choice.reason, match_sharpness, tta, min_confidence, faces)
+        return cls(choice.engine, card, choice.reason, match_sharpness, tta, min_confidence, faces, align_faces)
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -187,7 +196,7 @@ class Predictor:
         found = self.detector.detect(photo)
         if not found:
             return f"no face found by the {self.detector.name} detector (--faces none scores the whole image)"
-        return [((i, face), crop_face(photo, face, size)) for i, face in enumerate(found)]
+        return [((i, face), crop_face(photo, face, size, align=self.align_faces)) for i, face in enumerate(found)]
 
     def predict_photo(self, photo: np.ndarray, name: str = "") -> list[Prediction]:
         """One `Prediction` per face of uint8 (H, W, 3) RGB `photo` (see `photo_crops`); a

@@ -124,6 +124,7 @@ def model_summary(predictor: Predictor, model_path: Path, config: ServeConfig) -
         "engine": predictor.engine_reason,
         "faces": predictor.faces,
         "detector": predictor.detector.name if predictor.detector is not None else None,
+        "align_faces": predictor.align_faces,
         "limits": {k: v for k, v in asdict(config).items() if k.startswith("max_") or k == "formats"},
     }
 

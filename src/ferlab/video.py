@@ -140,7 +140,8 @@ def label_video(predictor: Predictor, path: Path, every: int = 5) -> VideoResult
         ids = tracker.update([f.box for f in faces])
         if not faces:
             continue
-        crops = np.stack([crop_face(frame, face, predictor.card.image_size) for face in faces])
+        crops = np.stack([crop_face(frame, face, predictor.card.image_size, align=predictor.align_faces)
+                          for face in faces])
         probabilities, _ = predictor.predict_arrays(crops)
         for face, face_id, row in zip(faces, ids, probabilities, strict=True):
             scores = {n: float(p) for n, p in zip(predictor.class_names, row, strict=True)}
