@@ -8,12 +8,14 @@ places, on a 1280x960 canvas of smooth noise, saved as JPEG (quality 85) and rea
 faces are FER2013 test crops (sharp, 48 px, tightly cropped, upscaled) and, as a control,
 scikit-image's astronaut head when scikit-image is installed. A face is found when a
 detected box overlaps its pasted square with IoU >= 0.3 (tight crops: the detector's box
-covers the inner face). Prints recall, false positives per photo, and milliseconds per photo.
+covers the inner face). Prints recall, false positives per photo, and milliseconds per photo, and writes them to
+benchmarks/results/faces-<date>.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import io
 import json
 import sys
@@ -90,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--photos", type=int, default=40)
     parser.add_argument("--detector", nargs="+", default=["haar", "mtcnn"], help="default: haar mtcnn")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results",
+                        help="folder for the results JSON (default benchmarks/results)")
     args = parser.parse_args(argv)
     rows = []
     test = args.data / "test"
@@ -111,7 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     for row in rows:
         print(f"{row['faces']:<20} {row['detector']}: recall {row['recall']:.3f} of {row['faces_pasted']} faces, "
               f"{row['false_positives_per_photo']:.2f} false positives per photo, {row['ms_per_photo']:.0f} ms per photo")
-    print(json.dumps(rows, indent=2))
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"faces-{datetime.date.today().isoformat()}.json"
+    path.write_text(json.dumps(rows, indent=2) + "\n")
+    print(f"written to {path}")
     return 0
 
 

@@ -10,12 +10,14 @@ frame with a
 5-class efficientnet_lite0 at 64 px (the default recipe's network and size; its weights are
 random, which costs the same time as trained ones) on the fastest engine here. Prints, per
 detector: frames labelled per second of wall time (reading, detection, cropping and
-scoring), faces found per frame, and how many track ids the tracker gave (2 is right).
+scoring), faces found per frame, and how many track ids the tracker gave (2 is right), and
+writes them to benchmarks/results/video-<date>.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import sys
 import tempfile
@@ -85,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--background", nargs="+", default=["photo", "noise"], choices=("photo", "noise"))
     parser.add_argument("--detector", nargs="+", default=["haar", "mtcnn"])
     parser.add_argument("--every", type=int, default=1, help="label every N-th frame (default 1: all)")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results",
+                        help="folder for the results JSON (default benchmarks/results)")
     args = parser.parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory() as folder:
@@ -97,7 +101,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{row['background']:<6} {row['detector']:<6} {row['frames_per_second']:.1f} labelled frames/s (1280x720, {row['labelled']} of "
               f"{row['frames']} frames, engine {row['engine']}), {row['faces_per_frame']:.2f} faces per frame, "
               f"{row['track_ids']} track ids")
-    print(json.dumps(rows, indent=2))
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"video-{datetime.date.today().isoformat()}.json"
+    path.write_text(json.dumps(rows, indent=2) + "\n")
+    print(f"written to {path}")
     return 0
 
 

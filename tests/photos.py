@@ -3,6 +3,7 @@ and composites of her head at several sizes; and a tiny untrained model to label
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from skimage import data as skimage_data
 from ferlab.checkpoint import ModelCard, save_model
 from ferlab.models import build_model, get_architecture
 
-__all__ = ["ASTRONAUT_FACE", "composite", "iou", "tiny_model"]
+__all__ = ["ASTRONAUT_FACE", "composite", "iou", "paste_faces", "tiny_model"]
 
 ASTRONAUT_FACE = (177, 66, 95, 95)  # x, y, w, h: where the cascade finds it, checked by eye
 
@@ -51,3 +52,25 @@ def tiny_model(folder: Path, class_names: tuple[str, ...] = ("happy", "sad")) ->
     card = ModelCard(arch=arch.name, class_names=class_names, image_size=32, mean=arch.mean, std=arch.std,
                      metrics={"valid": {"accuracy": 0.5, "images": 10}})
     return save_model(build_model(arch.name, len(class_names)).eval(), card, folder / "model.safetensors")
+
+
+def paste_faces(faces: list[Image.Image], seed: int, size: tuple[int, int] = (1280, 960)
+                ) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
+    """`faces` upscaled to 90-260 px squares at random non-overlapping places on a canvas of
+    smooth noise, through JPEG (quality 85); returns the photo and each face's square."""
+    rng = np.random.default_rng(seed)
+    width, height = size
+    noise = rng.normal(128, 30, (height // 10, width // 10, 3)).clip(0, 255).astype(np.uint8)
+    canvas = Image.fromarray(noise).resize(size, Image.Resampling.BILINEAR)
+    boxes: list[tuple[int, int, int, int]] = []
+    for face in faces:
+        side = int(rng.integers(90, 261))
+        while True:
+            box = (int(rng.integers(0, width - side)), int(rng.integers(0, height - side)), side, side)
+            if all(iou(box, other) == 0 for other in boxes):
+                break
+        boxes.append(box)
+        canvas.paste(face.convert("RGB").resize((side, side), Image.Resampling.BICUBIC), box[:2])
+    buffer = io.BytesIO()
+    canvas.save(buffer, "JPEG", quality=85)
+    return np.asarray(Image.open(buffer).convert("RGB")), boxes
