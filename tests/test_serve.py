@@ -4,6 +4,7 @@ real command line."""
 
 from __future__ import annotations
 
+import base64
 import io
 import os
 import shutil
@@ -21,7 +22,7 @@ from PIL import Image
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
-pytest.importorskip("skimage")
+skimage_data = pytest.importorskip("skimage.data")
 
 from ferlab.serve import ServeConfig, UploadRejected, check_upload  # noqa: E402
 from photos import composite, iou, tiny_model  # noqa: E402
@@ -206,5 +207,20 @@ def test_the_web_page_draws_each_face_with_its_label(server: str, tmp_path: Path
             page.set_input_files("#file", str(not_image))
             page.wait_for_selector("#message.error")
             assert "415" in page.text_content("#message") and page.locator(".box").count() == 0
+
+            # Dropped on the page rather than chosen: the astronaut photo, one face.
+            transfer = page.evaluate_handle(
+                """data => {
+                    const bytes = Uint8Array.from(atob(data), c => c.charCodeAt(0));
+                    const transfer = new DataTransfer();
+                    transfer.items.add(new File([bytes], 'astronaut.jpg', {type: 'image/jpeg'}));
+                    return transfer;
+                }""",
+                base64.b64encode(_jpeg(skimage_data.astronaut())).decode(),
+            )
+            page.dispatch_event("#drop", "drop", {"dataTransfer": transfer})
+            page.wait_for_function("document.getElementById('message').textContent.includes('face in astronaut.jpg')")
+            assert page.locator(".box").count() == 1 and page.locator("#faces li").count() == 1
+            assert "1 face in astronaut.jpg (512×512)" in page.text_content("#message")
         finally:
             browser.close()
