@@ -470,8 +470,9 @@ def _cmd_archs(args: argparse.Namespace) -> int:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from ferlab.predict import Predictor
-    from ferlab.serve import ServeConfig, serve
+    from ferlab.serve import ServeConfig, require_web, serve
 
+    require_web()  # say what is missing before loading the model
     if args.max_upload_mb <= 0 or args.max_megapixels <= 0:
         raise ValueError("--max-upload-mb and --max-megapixels must be positive")
     config = ServeConfig(host=args.host, port=args.port, max_upload_bytes=int(args.max_upload_mb * 2**20),

@@ -31,7 +31,7 @@ from ferlab._version import __version__
 from ferlab.data import open_rgb
 from ferlab.predict import Predictor
 
-__all__ = ["ServeConfig", "UploadRejected", "WebUnavailable", "analyse_upload", "check_upload", "create_app", "serve"]
+__all__ = ["ServeConfig", "UploadRejected", "WebUnavailable", "analyse_upload", "check_upload", "create_app", "require_web", "serve"]
 
 log = logging.getLogger("ferlab.serve")
 
@@ -135,7 +135,7 @@ def _page() -> str:
 
 def create_app(predictor: Predictor, model_path: Path, config: ServeConfig | None = None) -> Any:
     """The FastAPI application serving `predictor`."""
-    _require_web()
+    require_web()
     from fastapi import FastAPI, File, HTTPException, Request, UploadFile
     from fastapi.responses import HTMLResponse, JSONResponse
     from starlette.concurrency import run_in_threadpool
@@ -232,7 +232,7 @@ class WebUnavailable(RuntimeError):
     """FastAPI or uvicorn is missing; the message says what to install."""
 
 
-def _require_web() -> None:
+def require_web() -> None:
     try:
         import fastapi  # noqa: F401
         import multipart  # noqa: F401  (python-multipart: form uploads)
