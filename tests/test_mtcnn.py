@@ -135,3 +135,5 @@ def test_predict_with_mtcnn_labels_each_face(tmp_path: Path, capsys: pytest.Capt
         assert [r["face"] for r in rows] == [0, 1, 2]
         for row, box in zip(rows, expected, strict=True):
             assert iou(tuple(row["box"]), box) > 0.5 and row["detector_score"] > 0.9
+            x, y, w, h = row["box"]
+            assert len(row["landmarks"]) == 5 and all(x < px < x + w and y < py < y + h for px, py in row["landmarks"])

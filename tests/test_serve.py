@@ -104,6 +104,7 @@ def test_three_faces_get_three_boxes_and_labels(server: str) -> None:
     for face, box in zip(answer["faces"], expected, strict=True):
         assert iou(tuple(face["box"]), box) > 0.5
         assert face["label"] in ("happy", "sad") and face["detector_score"] > 0
+        assert face["landmarks"] is None or len(face["landmarks"]) == 5  # mtcnn gives eyes, nose, mouth
         assert sum(face["scores"].values()) == pytest.approx(1.0, abs=1e-5)
 
 

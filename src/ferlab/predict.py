@@ -65,11 +65,16 @@ class Prediction:
     face: int | None = None
     box: tuple[int, int, int, int] | None = None
     detector_score: float | None = None
+    # The eyes (the image's left one first), nose and mouth corners, (x, y) in the photo's
+    # pixels, from a detector that gives them (mtcnn).
+    landmarks: tuple[tuple[float, float], ...] | None = None
 
     def to_json(self) -> dict[str, object]:
         row: dict[str, object] = {"path": self.path, "label": self.label, "scores": self.scores}
         if self.face is not None:
             row.update(face=self.face, box=list(self.box or ()), detector_score=self.detector_score)
+        if self.landmarks is not None:
+            row["landmarks"] = [[round(x, 1), round(y, 1)] for x, y in self.landmarks]
         if self.blur_sigma:
             row["blurred_to_training_sharpness"] = round(self.blur_sigma, 2)
         if self.error is not None:
@@ -170,7 +175,7 @@ class Predictor:
         if face is None:
             return Prediction(str(path), label, scores, blur_sigma=float(sigma))
         return Prediction(str(path), label, scores, blur_sigma=float(sigma), face=face[0], box=face[1].box,
-                          detector_score=face[1].score)
+                          detector_score=face[1].score, landmarks=face[1].landmarks)
 
     def label_for(self, probabilities: np.ndarray) -> str:
         """The class with the top probability (C,), or UNCERTAIN below `min_confidence`."""

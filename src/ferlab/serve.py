@@ -98,6 +98,7 @@ def analyse_upload(predictor: Predictor, photo: np.ndarray, name: str) -> dict[s
             "face": index,
             "box": list(p.box) if p.box is not None else None,
             "detector_score": p.detector_score,
+            "landmarks": [[round(x, 1), round(y, 1)] for x, y in p.landmarks] if p.landmarks else None,
             "label": p.label,
             "scores": p.scores,
             "blurred_to_training_sharpness": round(p.blur_sigma, 2),
