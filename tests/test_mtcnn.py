@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from PIL import Image
 
 from ferlab.cli import main
 from ferlab.detect import DetectorUnavailable, Face, best_detector, crop_face, eye_angle
+from ferlab.engine import TorchEngine
 from ferlab.mtcnn import ONet, PNet, RNet, find_mtcnn_weights
 
 skimage_data = pytest.importorskip("skimage.data")
@@ -120,6 +122,16 @@ def test_align_levels_the_eyes_of_a_drawn_face() -> None:
     assert dark_rows(plain, right) - dark_rows(plain, left) > 10  # tilted as drawn
     assert abs(dark_rows(aligned, right) - dark_rows(aligned, left)) < 2  # level
     assert np.array_equal(crop_face(photo, Face(face.box, 1.0), 120, align=True), plain)  # no landmarks: as is
+
+
+def test_a_model_trained_on_levelled_faces_levels_the_faces_it_labels(tmp_path: Path) -> None:
+    from ferlab.checkpoint import load_model
+    from ferlab.predict import Predictor
+
+    model, card = load_model(tiny_model(tmp_path), "cpu")
+    assert not Predictor.from_model(model, card).align_faces
+    levelled = replace(card, align_faces=True)
+    assert Predictor(TorchEngine(model, torch.device("cpu")), levelled, faces="haar").align_faces
 
 
 def test_predict_with_mtcnn_labels_each_face(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

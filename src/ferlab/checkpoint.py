@@ -42,6 +42,9 @@ class ModelCard:
     # Temperature fitted on the validation split (calibrate.py): scores are
     # softmax(logits / temperature). 1.0: uncalibrated.
     temperature: float = 1.0
+    # Trained on face crops turned so their eyes are level (train --crop-faces --align-faces):
+    # prediction levels the faces it finds too.
+    align_faces: bool = False
     metrics: dict[str, Any] = field(default_factory=dict)
     ferlab_version: str = __version__
     format_version: int = FORMAT_VERSION

@@ -253,6 +253,7 @@ def _card(
         weight_source=source.describe(),
         pretrained=source.kind != "none",
         match_sharpness=train_sharpness,
+        align_faces=config.data.crop_faces and config.data.align_faces,
         metrics=metrics,
     )
 

@@ -123,7 +123,9 @@ class Predictor:
         self.detector: FaceDetector | None = None if faces == "none" else make_detector(
             best_detector() if faces == "auto" else faces
         )
-        self.align_faces = align_faces  # level the eyes of each face crop (detect.crop_face)
+        # Level the eyes of each face crop (detect.crop_face): when asked, or when the model
+        # was trained on levelled crops.
+        self.align_faces = align_faces or card.align_faces
 
     @classmethod
     def from_model(cls, model: torch.nn.Module, card: ModelCard, device: str = "cpu") -> Predictor:
