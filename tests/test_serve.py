@@ -92,6 +92,7 @@ def test_health_model_and_api_docs(server: str) -> None:
     docs = httpx.get(f"{server}/docs").text
     assert "/docs-assets/swagger-ui-bundle.js" in docs  # served from the package: works offline
     assert httpx.get(f"{server}/docs-assets/swagger-ui-bundle.js").status_code == 200
+    assert httpx.get(f"{server}/docs-assets/favicon.png").status_code == 200
 
 
 def test_three_faces_get_three_boxes_and_labels(server: str) -> None:
@@ -223,5 +224,10 @@ def test_the_web_page_draws_each_face_with_its_label(server: str, tmp_path: Path
             page.wait_for_function("document.getElementById('message').textContent.includes('face in astronaut.jpg')")
             assert page.locator(".box").count() == 1 and page.locator("#faces li").count() == 1
             assert "1 face in astronaut.jpg (512×512)" in page.text_content("#message")
+
+            page.goto(f"{server}/docs")  # the API's page renders offline, with its three operations
+            page.wait_for_selector(".opblock-summary-path", timeout=30_000)
+            paths = page.eval_on_selector_all(".opblock-summary-path", "nodes => nodes.map(n => n.textContent)")
+            assert {"/predict", "/model", "/health"} <= {p.strip() for p in paths}
         finally:
             browser.close()

@@ -6,7 +6,7 @@ and draws each face's box, label and scores. The API:
   detector's score, the label and every class's probability;
 - `GET /model`: architecture, classes, input size, calibration and the metrics the model
   earned; `GET /health`: liveness;
-- `GET /docs`: the OpenAPI page (Swagger UI served from the `swagger-ui-bundle` package, so
+- `GET /docs`: the OpenAPI page (Swagger UI 5 served from the `fastapi-offline` package, so
   it works offline), `GET /openapi.json`: the schema.
 
 Uploads are checked before any pixel is decoded: bytes (413), image type (415), pixel count
@@ -21,6 +21,7 @@ import threading
 import warnings
 from dataclasses import asdict, dataclass
 from importlib import resources
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
@@ -204,19 +205,25 @@ def create_app(predictor: Predictor, model_path: Path, config: ServeConfig | Non
     return app
 
 
+def _swagger_assets() -> Path | None:
+    """fastapi-offline's folder of Swagger UI files, located, not imported; None without it."""
+    spec = find_spec("fastapi_offline")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = Path(next(iter(spec.submodule_search_locations))) / "static"
+    return folder if (folder / "swagger-ui-bundle.js").is_file() else None
+
+
 def _add_docs(app: Any) -> None:
-    """`/docs`: Swagger UI from the swagger-ui-bundle package, so the page works offline;
-    without the package, FastAPI's default page (which fetches Swagger UI from a CDN)."""
+    """`/docs`: Swagger UI from the files the fastapi-offline package ships (Swagger UI 5,
+    which reads FastAPI's OpenAPI 3.1; swagger-ui-bundle's 4.15 cannot), so the page works
+    offline; without the package, FastAPI's default page (which fetches it from a CDN)."""
     from fastapi.openapi.docs import get_swagger_ui_html
     from fastapi.responses import HTMLResponse
     from fastapi.staticfiles import StaticFiles
 
-    try:
-        from swagger_ui_bundle import swagger_ui_path
-    except ImportError:
-        assets = None
-    else:
-        assets = Path(swagger_ui_path)
+    assets = _swagger_assets()
+    if assets is not None:
         app.mount("/docs-assets", StaticFiles(directory=assets), name="docs-assets")
 
     @app.get("/docs", include_in_schema=False)
@@ -225,7 +232,7 @@ def _add_docs(app: Any) -> None:
             return get_swagger_ui_html(openapi_url="/openapi.json", title="ferlab API")
         return get_swagger_ui_html(
             openapi_url="/openapi.json", title="ferlab API", swagger_js_url="/docs-assets/swagger-ui-bundle.js",
-            swagger_css_url="/docs-assets/swagger-ui.css", swagger_favicon_url="/docs-assets/favicon-32x32.png",
+            swagger_css_url="/docs-assets/swagger-ui.css", swagger_favicon_url="/docs-assets/favicon.png",
         )
 
 
