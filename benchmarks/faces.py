@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from machine import describe_machine
 from PIL import Image
 
 from ferlab.detect import make_detector
@@ -117,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{row['false_positives_per_photo']:.2f} false positives per photo, {row['ms_per_photo']:.0f} ms per photo")
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"faces-{datetime.date.today().isoformat()}.json"
-    path.write_text(json.dumps(rows, indent=2) + "\n")
+    result = {"date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), "machine": describe_machine(), "rows": rows}
+    path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"written to {path}")
     return 0
 

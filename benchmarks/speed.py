@@ -27,7 +27,6 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import resource
 import statistics
 import sys
@@ -36,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
+from machine import describe_machine
 
 from ferlab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from ferlab.data import discover
@@ -283,8 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     name = f"speed{'-quick' if args.quick else ''}-{time.strftime('%Y-%m-%d')}.json"
     result = {
         "date": time.strftime("%Y-%m-%d %H:%M"),
-        "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "threads": torch.get_num_threads(), "torch": torch.__version__},
+        "machine": describe_machine(),
         "quick": args.quick, "native_size": native,
         "train_files": len(files), "sample": sample_size,
         "rows": rows, "speedup": speedups, "prediction": prediction, "reference": reference,

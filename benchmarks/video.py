@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from machine import describe_machine
 from PIL import Image
 
 from ferlab.checkpoint import ModelCard, save_model
@@ -103,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{row['track_ids']} track ids")
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"video-{datetime.date.today().isoformat()}.json"
-    path.write_text(json.dumps(rows, indent=2) + "\n")
+    result = {"date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), "machine": describe_machine(), "rows": rows}
+    path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"written to {path}")
     return 0
 
