@@ -15,17 +15,15 @@ benchmarks/results/faces-<date>.json.
 from __future__ import annotations
 
 import argparse
-import datetime
 import io
-import json
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from machine import describe_machine
 from PIL import Image
+from record import write_results
 
 from ferlab.detect import make_detector
 
@@ -116,11 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     for row in rows:
         print(f"{row['faces']:<20} {row['detector']}: recall {row['recall']:.3f} of {row['faces_pasted']} faces, "
               f"{row['false_positives_per_photo']:.2f} false positives per photo, {row['ms_per_photo']:.0f} ms per photo")
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"faces-{datetime.date.today().isoformat()}.json"
-    result = {"date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), "machine": describe_machine(), "rows": rows}
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"written to {path}")
+    print(f"written to {write_results('faces', rows, args.out)}")
     return 0
 
 

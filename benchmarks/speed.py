@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from machine import describe_machine
+from record import describe_machine
 
 from ferlab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from ferlab.data import discover

@@ -17,8 +17,6 @@ writes them to benchmarks/results/video-<date>.json.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -26,8 +24,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from machine import describe_machine
 from PIL import Image
+from record import write_results
 
 from ferlab.checkpoint import ModelCard, save_model
 from ferlab.models import build_model, get_architecture
@@ -102,11 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{row['background']:<6} {row['detector']:<6} {row['frames_per_second']:.1f} labelled frames/s (1280x720, {row['labelled']} of "
               f"{row['frames']} frames, engine {row['engine']}), {row['faces_per_frame']:.2f} faces per frame, "
               f"{row['track_ids']} track ids")
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"video-{datetime.date.today().isoformat()}.json"
-    result = {"date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), "machine": describe_machine(), "rows": rows}
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"written to {path}")
+    print(f"written to {write_results('video', rows, args.out)}")
     return 0
 
 

@@ -1,14 +1,16 @@
-"""What a benchmark ran on, for its results file: speed figures only compare on the same CPU."""
+"""A benchmark's results file, with what it ran on: speed figures only compare on the same CPU."""
 
 from __future__ import annotations
 
+import datetime
+import json
 import platform
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["describe_machine"]
+__all__ = ["describe_machine", "write_results"]
 
 
 def _cpu_model() -> str:
@@ -32,3 +34,13 @@ def describe_machine() -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
     }
+
+
+def write_results(name: str, rows: list[dict[str, Any]], folder: Path) -> Path:
+    """`folder`/`name`-<date>.json holding the date, the machine and `rows`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now()
+    path = folder / f"{name}-{now.date().isoformat()}.json"
+    result = {"date": now.strftime("%Y-%m-%d %H:%M"), "machine": describe_machine(), "rows": rows}
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return path
