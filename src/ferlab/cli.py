@@ -108,6 +108,25 @@ def _add_engine_option(parser: argparse.ArgumentParser) -> None:
                         "(6x the work; its measured gain is in each run's report)")
 
 
+def _add_labelling_options(parser: argparse.ArgumentParser) -> None:
+    """predict's and serve's: which faces to label, and how."""
+    parser.add_argument("--faces", default="auto", metavar="auto|none|DETECTOR",
+                        help="auto (default): find the faces in images larger than a face crop, with mtcnn where its "
+                        "weights are installed, else haar; none: each image is one face, as in training; haar or "
+                        "mtcnn: detect in every image with that detector")
+    parser.add_argument("--align-faces", action="store_true",
+                        help="turn each face so its eyes are level before scoring (mtcnn gives eye positions)")
+    parser.add_argument("--min-confidence", type=float, default=0.0, metavar="P",
+                        help="label 'uncertain' where the calibrated top score is below P (scores are still given)")
+
+
+def _load_predictor(args: argparse.Namespace) -> Any:
+    from ferlab.predict import Predictor
+
+    return Predictor.load(args.model, args.device, args.engine, args.match_sharpness, args.tta, args.min_confidence,
+                          args.faces, args.align_faces)
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ferlab", description="Facial expression recognition by transfer learning."
@@ -144,19 +163,12 @@ def _build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--format", choices=("table", "json", "csv"), default="table")
     predict.add_argument("--device", default="auto")
     predict.add_argument("--batch-size", type=int, default=64)
-    predict.add_argument("--faces", default="auto", metavar="auto|none|DETECTOR",
-                         help="auto (default): find the faces in images larger than a face crop, with mtcnn where its "
-                         "weights are installed, else haar; none: each image is one face, as in training; haar or "
-                         "mtcnn: detect in every image with that detector")
-    predict.add_argument("--align-faces", action="store_true",
-                         help="turn each face so its eyes are level before scoring (mtcnn gives eye positions)")
+    _add_labelling_options(predict)
     predict.add_argument("--annotate", type=Path, metavar="OUT_DIR",
                          help="write copies of the images with each face's box and label drawn")
     predict.add_argument("--every", type=int, default=5, metavar="N", help="videos: label every N-th frame (default 5)")
     predict.add_argument("--out", type=Path, help="videos: folder for frames.csv, expression.png and, with --annotate, "
                          "annotated.mp4 (default runs/<timestamp>-video)")
-    predict.add_argument("--min-confidence", type=float, default=0.0, metavar="P",
-                         help="label 'uncertain' where the calibrated top score is below P (scores are still given)")
     _add_engine_option(predict)
 
     serve = commands.add_parser("serve", help="web page and JSON API that label the faces of uploaded photos")
@@ -164,12 +176,7 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     serve.add_argument("--port", type=int, default=8000, help="default 8000")
     serve.add_argument("--device", default="auto")
-    serve.add_argument("--faces", default="auto", metavar="auto|none|DETECTOR",
-                       help="as for predict (default auto: find the faces in images larger than a face crop)")
-    serve.add_argument("--align-faces", action="store_true",
-                       help="turn each face so its eyes are level before scoring (mtcnn gives eye positions)")
-    serve.add_argument("--min-confidence", type=float, default=0.0, metavar="P",
-                       help="label 'uncertain' where the calibrated top score is below P")
+    _add_labelling_options(serve)
     serve.add_argument("--max-upload-mb", type=float, default=20.0, help="largest upload accepted (default 20 MB)")
     serve.add_argument("--max-megapixels", type=float, default=50.0,
                        help="largest image accepted, read from its header before decoding (default 50)")
@@ -340,12 +347,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from ferlab.predict import Predictor
-
-    predictor = Predictor.load(
-        args.model, args.device, args.engine, args.match_sharpness, args.tta, args.min_confidence, args.faces,
-        args.align_faces,
-    )
+    predictor = _load_predictor(args)
     from ferlab.video import VIDEO_EXTENSIONS
 
     videos = [p for p in args.inputs if p.suffix.lower() in VIDEO_EXTENSIONS]
@@ -469,7 +471,6 @@ def _cmd_archs(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from ferlab.predict import Predictor
     from ferlab.serve import ServeConfig, require_web, serve
 
     require_web()  # say what is missing before loading the model
@@ -477,10 +478,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise ValueError("--max-upload-mb and --max-megapixels must be positive")
     config = ServeConfig(host=args.host, port=args.port, max_upload_bytes=int(args.max_upload_mb * 2**20),
                          max_pixels=int(args.max_megapixels * 1e6))
-    predictor = Predictor.load(
-        args.model, args.device, args.engine, args.match_sharpness, args.tta, args.min_confidence, args.faces,
-        args.align_faces,
-    )
+    predictor = _load_predictor(args)
     _echo(f"serving {args.model} ({predictor.card.arch}, engine {predictor.engine_reason}) on "
           f"http://{args.host}:{args.port}/ (API docs at /docs); Ctrl-C stops")
     serve(predictor, args.model, config)
