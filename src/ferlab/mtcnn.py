@@ -180,7 +180,7 @@ def _squared(boxes: torch.Tensor) -> torch.Tensor:
 
 
 class MTCNNDetector:
-    """The three-stage cascade on a CPU or GPU tensor; see the module docstring."""
+    """The three-stage cascade, on the CPU (a photo at a time); see the module docstring."""
 
     name = "mtcnn"
 

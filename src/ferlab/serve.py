@@ -58,11 +58,14 @@ class UploadRejected(Exception):
         self.status = status
 
 
+def _too_many_bytes(size: int, config: ServeConfig) -> str:
+    return f"the upload is {size / 2**20:.1f} MB; the limit is {config.max_upload_bytes / 2**20:.0f} MB"
+
+
 def check_upload(data: bytes, config: ServeConfig) -> np.ndarray:
     """The uploaded bytes as uint8 (H, W, 3) RGB, or `UploadRejected` with a 4xx status."""
-    limit_mb = config.max_upload_bytes / 2**20
     if len(data) > config.max_upload_bytes:
-        raise UploadRejected(413, f"the upload is {len(data) / 2**20:.1f} MB; the limit is {limit_mb:.0f} MB")
+        raise UploadRejected(413, _too_many_bytes(len(data), config))
     if not data:
         raise UploadRejected(400, "the upload is empty: send an image file in the form field 'file'")
     try:
@@ -160,10 +163,7 @@ def create_app(predictor: Predictor, model_path: Path, config: ServeConfig | Non
     async def refuse_large_bodies(request: Request, call_next: Any) -> Any:
         length = request.headers.get("content-length", "")
         if request.method == "POST" and length.isdigit() and int(length) > body_limit:
-            limit_mb = config.max_upload_bytes / 2**20
-            return JSONResponse(
-                {"detail": f"the upload is {int(length) / 2**20:.1f} MB; the limit is {limit_mb:.0f} MB"}, 413
-            )
+            return JSONResponse({"detail": _too_many_bytes(int(length), config)}, 413)
         return await call_next(request)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
